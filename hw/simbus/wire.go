@@ -66,8 +66,22 @@ func AppendRequest(b []byte, r *Request) ([]byte, error) {
 	if len(r.Write) > MaxPayload || int(r.ReadLen) > MaxPayload {
 		return b, fmt.Errorf("simbus: transaction of %d written and %d read bytes exceeds %d: %w", len(r.Write), r.ReadLen, MaxPayload, ErrMalformed)
 	}
-	if r.Kind == KindHello && len(r.Write) > MaxName {
-		return b, fmt.Errorf("simbus: client name of %d bytes exceeds %d: %w", len(r.Write), MaxName, ErrMalformed)
+	// Refuse what DecodeRequest would refuse, so that every encoded request
+	// decodes (the fuzz test checks the round trip).
+	switch r.Kind {
+	case KindHello:
+		if len(r.Write) > MaxName {
+			return b, fmt.Errorf("simbus: client name of %d bytes exceeds %d: %w", len(r.Write), MaxName, ErrMalformed)
+		}
+		if r.Addr != 0 || r.ReadLen != 0 {
+			return b, fmt.Errorf("simbus: hello with an address or a read length: %w", ErrMalformed)
+		}
+	case KindTx:
+		if r.Addr > 0x7f {
+			return b, fmt.Errorf("simbus: address %#x is not a 7-bit address: %w", r.Addr, ErrMalformed)
+		}
+	default:
+		return b, fmt.Errorf("simbus: unknown request kind %d: %w", r.Kind, ErrMalformed)
 	}
 	var h [ReqHeaderLen]byte
 	h[0] = Version
@@ -130,7 +144,8 @@ type Response struct {
 	Read   []byte
 }
 
-// AppendResponse appends the encoding of r to b and returns it.
+// AppendResponse appends the encoding of r to b and returns it. The caller
+// keeps len(r.Read) <= MaxPayload (DecodeResponse refuses longer ones).
 func AppendResponse(b []byte, r *Response) []byte {
 	var h [RespHeaderLen]byte
 	h[0] = Version
