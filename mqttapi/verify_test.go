@@ -180,9 +180,9 @@ func TestVerifyRejects(t *testing.T) {
 		{"no expiry", mutMan(func(m *Manifest) { m.V, m.ExpiresAt = 1, time.Time{} }), t0, exp, ErrInvalid, "invalid"},
 		{"tag not digest", mutMan(func(m *Manifest) { m.V, m.Image.Ref = 1, "registry.local/flightctl:2.0.0" }), t0, exp, ErrBadDigest, "bad_digest"},
 		{"short digest", mutMan(func(m *Manifest) { m.V, m.Image.Ref = 1, "flightctl@sha256:abcd" }), t0, exp, ErrBadDigest, "bad_digest"},
-		{"upper-case digest", mutMan(func(m *Manifest) { m.V, m.Image.Ref = 1, "flightctl@" + strings.ToUpper(testDigest) }), t0, exp, ErrBadDigest, "bad_digest"},
-		{"sha512 digest", mutMan(func(m *Manifest) { m.V, m.Image.Ref = 1, "flightctl@sha512:" + strings.Repeat("a", 128) }), t0, exp, ErrBadDigest, "bad_digest"},
-		{"no repository", mutMan(func(m *Manifest) { m.V, m.Image.Ref = 1, "@" + testDigest }), t0, exp, ErrBadDigest, "bad_digest"},
+		{"upper-case digest", mutMan(func(m *Manifest) { m.V, m.Image.Ref = 1, "flightctl@"+strings.ToUpper(testDigest) }), t0, exp, ErrBadDigest, "bad_digest"},
+		{"sha512 digest", mutMan(func(m *Manifest) { m.V, m.Image.Ref = 1, "flightctl@sha512:"+strings.Repeat("a", 128) }), t0, exp, ErrBadDigest, "bad_digest"},
+		{"no repository", mutMan(func(m *Manifest) { m.V, m.Image.Ref = 1, "@"+testDigest }), t0, exp, ErrBadDigest, "bad_digest"},
 		{"mqtt without archive", mutMan(func(m *Manifest) { m.V, m.Image.Transfer = 1, TransferMQTT }), t0, exp, ErrInvalid, "invalid"},
 		{"mqtt archive bad digest", mutMan(func(m *Manifest) {
 			m.V, m.Image.Transfer, m.Image.Archive = 1, TransferMQTT, &Archive{Digest: "sha256:xyz", Size: 10}
