@@ -1,0 +1,316 @@
+package handoff
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// SocketName is the handoff socket's name inside the run directory.
+const SocketName = "handoff.sock"
+
+// SocketPath is the default handoff socket of a run directory.
+func SocketPath(runDir string) string { return filepath.Join(runDir, SocketName) }
+
+// RingSlots is the number of preallocated packet buffers between a Conn's
+// reader goroutine and its Poll. When they are all full the reader stops
+// reading, the socket fills, and the peer's Send times out: frames are never
+// dropped silently.
+const RingSlots = 64
+
+// DefaultWriteTimeout bounds how long Send may block the tick loop on a full
+// socket.
+const DefaultWriteTimeout = time.Millisecond
+
+// Transport errors.
+var (
+	// ErrClosed: the peer closed the connection (or crashed) after the
+	// frames already received.
+	ErrClosed = errors.New("handoff: connection closed by the peer")
+	// ErrSequence: a frame's sequence number is not the previous one plus one
+	// (a gap or a repeat).
+	ErrSequence = errors.New("handoff: sequence number out of order")
+	// ErrTooLarge: a frame (sent or received) exceeds MaxPacket.
+	ErrTooLarge = errors.New("handoff: frame exceeds the maximum packet size")
+	// ErrSendTimeout: the socket stayed full for the whole write timeout.
+	ErrSendTimeout = errors.New("handoff: socket full: send timed out")
+)
+
+// Conn is one end of a handoff connection: a connected unix SOCK_SEQPACKET
+// socket carrying one frame per packet.
+//
+// Send and Poll are for the tick loop: each must be called from one goroutine
+// at a time, and neither allocates. A reader goroutine owned by the Conn reads
+// packets into a ring of RingSlots preallocated buffers; Poll decodes the
+// oldest into the caller's Frame. Close stops the reader.
+type Conn struct {
+	uc           *net.UnixConn
+	writeTimeout atomic.Int64
+
+	// send side (tick loop)
+	wbuf  []byte
+	wseq  uint32
+	sent  atomic.Uint64
+	wfail atomic.Uint64
+
+	// receive ring: the reader fills slot head%RingSlots and then advances
+	// head; Poll decodes slot tail%RingSlots, and frees it (advances tail) on
+	// the next Poll, since the returned Frame aliases it.
+	slots [RingSlots][]byte
+	lens  [RingSlots]int
+	head  atomic.Uint64
+	tail  atomic.Uint64
+	held  bool
+	space chan struct{}
+	rseq  uint32
+	recv  atomic.Uint64
+	rerr  error       // set by the reader before rdone
+	rdone atomic.Bool // the reader has stopped
+	perr  error       // sticky Poll error
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	readerWG  sync.WaitGroup
+}
+
+func newConn(uc *net.UnixConn) *Conn {
+	c := &Conn{
+		uc:     uc,
+		wbuf:   make([]byte, 0, MaxPacket),
+		space:  make(chan struct{}, 1),
+		closed: make(chan struct{}),
+	}
+	c.writeTimeout.Store(int64(DefaultWriteTimeout))
+	for i := range c.slots {
+		// One byte more than MaxPacket: a packet that fills it was longer
+		// than MaxPacket (and truncated by the kernel).
+		c.slots[i] = make([]byte, MaxPacket+1)
+	}
+	c.readerWG.Add(1)
+	go c.reader()
+	return c
+}
+
+// Dial connects to the handoff socket at path.
+func Dial(path string) (*Conn, error) {
+	uc, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("handoff: dial %s: %w", path, err)
+	}
+	return newConn(uc), nil
+}
+
+// Pair returns two connected Conns over a socketpair, for tests and for
+// running both sides in one process.
+func Pair() (*Conn, *Conn, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("handoff: socketpair: %w", err)
+	}
+	var ucs [2]*net.UnixConn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "handoff-pair")
+		fc, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			if i == 1 {
+				ucs[0].Close()
+			} else {
+				unix.Close(fds[1])
+			}
+			return nil, nil, fmt.Errorf("handoff: socketpair: %w", err)
+		}
+		ucs[i] = fc.(*net.UnixConn)
+	}
+	return newConn(ucs[0]), newConn(ucs[1]), nil
+}
+
+// Listener accepts handoff connections on a unix SOCK_SEQPACKET socket.
+type Listener struct {
+	ul *net.UnixListener
+}
+
+// Listen listens on path. A stale socket file left by a dead process is
+// removed; a socket someone still listens on is an error. The file is removed
+// again on Close.
+func Listen(path string) (*Listener, error) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.DialTimeout("unixpacket", path, 100*time.Millisecond); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("handoff: listen %s: another process is listening", path)
+		}
+		os.Remove(path)
+	}
+	ul, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("handoff: listen %s: %w", path, err)
+	}
+	ul.SetUnlinkOnClose(true)
+	return &Listener{ul: ul}, nil
+}
+
+// Accept waits for the next connection (or the deadline set with SetDeadline).
+func (l *Listener) Accept() (*Conn, error) {
+	uc, err := l.ul.AcceptUnix()
+	if err != nil {
+		return nil, fmt.Errorf("handoff: accept: %w", err)
+	}
+	return newConn(uc), nil
+}
+
+// SetDeadline bounds Accept.
+func (l *Listener) SetDeadline(t time.Time) error { return l.ul.SetDeadline(t) }
+
+// Addr is the socket path.
+func (l *Listener) Addr() string { return l.ul.Addr().String() }
+
+// Close stops listening and removes the socket file.
+func (l *Listener) Close() error { return l.ul.Close() }
+
+// SetWriteTimeout sets how long Send may block on a full socket (default
+// DefaultWriteTimeout). It is safe to call at any time.
+func (c *Conn) SetWriteTimeout(d time.Duration) { c.writeTimeout.Store(int64(d)) }
+
+// Send sets f.Seq to the next sequence number, encodes f into the Conn's
+// preallocated buffer and writes it as one packet. It blocks at most the write
+// timeout; a socket that stays full returns ErrSendTimeout. A failed send
+// does not consume a sequence number. Send does not allocate on success.
+func (c *Conn) Send(f *Frame) error {
+	f.Seq = c.wseq + 1
+	b := AppendFrame(c.wbuf[:0], f)
+	if len(b) > MaxPacket {
+		c.wfail.Add(1)
+		return fmt.Errorf("handoff: send %v of %d bytes: %w", f.Type, len(b), ErrTooLarge)
+	}
+	if d := time.Duration(c.writeTimeout.Load()); d > 0 {
+		c.uc.SetWriteDeadline(time.Now().Add(d))
+	}
+	_, err := c.uc.Write(b)
+	if err != nil {
+		c.wfail.Add(1)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("handoff: send %v: %w", f.Type, ErrSendTimeout)
+		}
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) {
+			return fmt.Errorf("handoff: send %v: %w (%v)", f.Type, ErrClosed, err)
+		}
+		return fmt.Errorf("handoff: send %v: %w", f.Type, err)
+	}
+	c.wseq++
+	c.sent.Add(1)
+	return nil
+}
+
+func (c *Conn) reader() {
+	defer c.readerWG.Done()
+	for {
+		h := c.head.Load()
+		if h-c.tail.Load() >= RingSlots {
+			select {
+			case <-c.space:
+				continue
+			case <-c.closed:
+				c.rerr = net.ErrClosed
+				c.rdone.Store(true)
+				return
+			}
+		}
+		i := h % RingSlots
+		n, err := c.uc.Read(c.slots[i])
+		if err != nil {
+			c.rerr = err
+			c.rdone.Store(true)
+			return
+		}
+		c.lens[i] = n
+		c.head.Store(h + 1)
+	}
+}
+
+// Poll decodes the oldest received frame into f and returns true, or returns
+// false when none is waiting. It never blocks and does not allocate. The
+// slices of f alias a ring buffer that stays valid until the next Poll.
+//
+// Errors are sticky: a malformed frame (ErrMalformed), a sequence gap or
+// repeat (ErrSequence), an oversized packet (ErrTooLarge), or the end of the
+// connection (ErrClosed, after every frame received before it) make this and
+// every later Poll fail.
+func (c *Conn) Poll(f *Frame) (bool, error) {
+	if c.held {
+		c.held = false
+		c.tail.Add(1)
+		select {
+		case c.space <- struct{}{}:
+		default:
+		}
+	}
+	if c.perr != nil {
+		return false, c.perr
+	}
+	t := c.tail.Load()
+	if t == c.head.Load() {
+		if !c.rdone.Load() || t != c.head.Load() {
+			return false, nil
+		}
+		if errors.Is(c.rerr, io.EOF) || errors.Is(c.rerr, syscall.ECONNRESET) {
+			c.perr = ErrClosed
+		} else {
+			c.perr = fmt.Errorf("handoff: receive: %w (%v)", ErrClosed, c.rerr)
+		}
+		return false, c.perr
+	}
+	i := t % RingSlots
+	c.held = true
+	n := c.lens[i]
+	if n > MaxPacket {
+		c.perr = fmt.Errorf("handoff: received packet over %d bytes: %w", MaxPacket, ErrTooLarge)
+		return false, c.perr
+	}
+	if err := DecodeFrame(c.slots[i][:n], f); err != nil {
+		c.perr = err
+		return false, err
+	}
+	if f.Seq != c.rseq+1 {
+		c.perr = fmt.Errorf("handoff: %v with sequence %d after %d: %w", f.Type, f.Seq, c.rseq, ErrSequence)
+		return false, c.perr
+	}
+	c.rseq = f.Seq
+	c.recv.Add(1)
+	return true, nil
+}
+
+// ConnStats are a Conn's counters.
+type ConnStats struct {
+	Sent       uint64 // frames sent
+	SendFailed uint64 // sends that failed
+	Arrived    uint64 // packets the reader has taken off the socket
+	Received   uint64 // frames Poll decoded
+}
+
+// Stats returns the counters; it is safe from any goroutine.
+func (c *Conn) Stats() ConnStats {
+	return ConnStats{Sent: c.sent.Load(), SendFailed: c.wfail.Load(), Arrived: c.head.Load(), Received: c.recv.Load()}
+}
+
+// Close closes the socket and stops the reader goroutine; it does not wait
+// for it (see Wait). Closing twice is harmless.
+func (c *Conn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		close(c.closed)
+		err = c.uc.Close()
+	})
+	return err
+}
+
+// Wait waits for the reader goroutine to stop after Close.
+func (c *Conn) Wait() { c.readerWG.Wait() }
