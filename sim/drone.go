@@ -190,7 +190,7 @@ func (d *Drone) Summary() trace.Summary {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s := d.sum
-	s.Handovers = append([]trace.Handover(nil), d.sum.Handovers...)
+	s.Handovers = append([]trace.Handover{}, d.sum.Handovers...)
 	s.SimS = d.simT.Seconds()
 	return s
 }
@@ -321,6 +321,7 @@ func (d *Drone) emit(it traceItem) {
 }
 
 func (d *Drone) event(e trace.Event) {
+	e.T = round6(e.T)
 	d.log.Info("sim: "+e.Event, "t", e.T, "client", e.Client, "other", e.Other, "what", e.What, "reason", e.Reason, "gap_ms", e.GapMS)
 	d.emit(traceItem{isEvt: true, event: e})
 }
