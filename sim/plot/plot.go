@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -139,8 +140,8 @@ func Draw(tr *trace.Trace, dc draw.Canvas) error {
 
 func title(tr *trace.Trace) string {
 	s := "bench flight"
-	if tr.Header.Start != "" {
-		s += " " + tr.Header.Start
+	if t, err := time.Parse(time.RFC3339Nano, tr.Header.Start); err == nil {
+		s += " " + t.Format("2006-01-02 15:04:05Z07:00")
 	}
 	if sum := tr.Summary; sum != nil {
 		s += fmt.Sprintf(" — crashed %v, two_writers %d, reinit %d, max PWM gap %.1f ms",
