@@ -80,7 +80,14 @@ func (b *BaroBox) Put(pa, c float64, err error) {
 	b.mu.Unlock()
 }
 
-// Get returns the latest sample, its sequence number, and whether the latest read failed.
+// BaroSource gives the latest barometer sample, its sequence number (a new
+// number is a new sample) and whether the latest read failed. It must be
+// cheap and allocation-free: the tick loop calls it every tick.
+type BaroSource interface {
+	Get() (pa, c float64, seq uint64, fail bool)
+}
+
+// Get implements BaroSource.
 func (b *BaroBox) Get() (pa, c float64, seq uint64, fail bool) {
 	b.mu.Lock()
 	pa, c, seq, fail = b.pa, b.c, b.seq, b.fail
@@ -94,7 +101,7 @@ type SensorSource struct {
 	Clock  Clock
 	Period time.Duration
 	IMU    IMU      // nil: every read fails (absent chip)
-	Baro   *BaroBox // nil: no barometer
+	Baro   BaroSource // nil: no barometer
 
 	next    time.Duration
 	last    time.Duration

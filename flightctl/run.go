@@ -15,6 +15,7 @@ import (
 	"periph.io/x/conn/v3/i2c"
 
 	"github.com/inflight-ota/inflight/hw"
+	"github.com/inflight-ota/inflight/hw/baro"
 	"github.com/inflight-ota/inflight/hw/mpu6050"
 	"github.com/inflight-ota/inflight/hw/pca9685"
 	"github.com/inflight-ota/inflight/hw/pwmlock"
@@ -72,7 +73,6 @@ type Options struct {
 	Role    Role          // default RoleCold
 	Params  *Params       // default DefaultParams()
 	Logger  *slog.Logger  // default slog.Default()
-	BaroHz  float64       // barometer read rate; default 25
 	Spin    time.Duration // busy-wait before each deadline; default 50 µs, negative = none
 	// LandTimeout bounds the landing Run performs when its context ends while
 	// airborne with the authority; default 60 s.
@@ -115,9 +115,6 @@ func (o *Options) defaults() error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.BaroHz == 0 {
-		o.BaroHz = 25
-	}
 	if o.Spin == 0 {
 		o.Spin = 50 * time.Microsecond
 	} else if o.Spin < 0 {
@@ -155,15 +152,12 @@ func (m *mpuIMU) ReadIMU(a, g *[3]float64) error {
 	return nil
 }
 
-// BaroReader reads the barometer (it may block and allocate: Run calls it
-// from its own goroutine).
-type BaroReader interface {
-	ReadBaro() (pa, tempC float64, err error)
-}
+// bmpBaro adapts the BMP280 driver, which senses in its own goroutine.
+type bmpBaro struct{ b *baro.Baro }
 
-// openBaro opens the barometer on the bus; see baro.go.
-var openBaro = func(bus i2c.Bus, cold bool) (BaroReader, error) {
-	return nil, errors.New("flightctl: no barometer driver")
+func (m bmpBaro) Get() (pa, c float64, seq uint64, fail bool) {
+	r, err := m.b.Latest()
+	return r.PressurePa, r.TempC, r.Seq, err != nil
 }
 
 // Run is the flight controller program: it opens the bus, the chips, the PWM
@@ -232,18 +226,28 @@ func Run(ctx context.Context, o Options) error {
 	}
 	pwm.SetAuthority(lock)
 
-	baroBox := &BaroBox{}
-	baro, err := openBaro(bus, cold)
+	// The BMP280 driver configures normal mode and reads it in its own
+	// goroutine; the tick loop only picks up its latest sample.
+	var baroSrc BaroSource
+	bmp, err := baro.Open(bus, 0, nil)
 	if err != nil {
 		log.Error("barometer absent or failing: arming refused", "chip", "BMP280", "addr", "0x76", "err", err)
-		baroBox = nil
+	} else {
+		baroSrc = bmpBaro{bmp}
+		defer func() {
+			if lock.Held() || cold {
+				bmp.Close()
+			} else {
+				bmp.Detach()
+			}
+		}()
 	}
 
 	period := time.Duration(float64(time.Second) / o.RateHz)
 	p := *o.Params
 	p.NominalDt = period.Seconds()
 	clk := NewMonoClock(o.Spin)
-	src := &SensorSource{Clock: clk, Period: period, IMU: imu, Baro: baroBox}
+	src := &SensorSource{Clock: clk, Period: period, IMU: imu, Baro: baroSrc}
 	var st State
 	l := NewLoop(&st, &p, src, &PWMSink{Motors: pwm, Authority: lock}, clk)
 	l.Role = RoleActive
@@ -275,10 +279,6 @@ func Run(ctx context.Context, o Options) error {
 			log.Error("control socket", "err", err)
 		}
 	}()
-	if baro != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); readBaro(hctx, baro, baroBox, o.BaroHz) }()
-	}
 
 	log.Info("flightctl running", "role", o.Role.String(), "bus", o.Bus, "rate_hz", o.RateHz, "run_dir", o.RunDir,
 		"mission", mission.String(), "schema", SchemaVersion, "authority", lock.Held())
@@ -332,16 +332,3 @@ func (l *Loop) loopUntilDone(ctx context.Context, landTimeout time.Duration, log
 	return nil
 }
 
-func readBaro(ctx context.Context, b BaroReader, box *BaroBox, hz float64) {
-	t := time.NewTicker(time.Duration(float64(time.Second) / hz))
-	defer t.Stop()
-	for {
-		pa, c, err := b.ReadBaro()
-		box.Put(pa, c, err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
