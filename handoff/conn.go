@@ -139,15 +139,11 @@ type Listener struct {
 	ul *net.UnixListener
 }
 
-// Listen listens on path. A stale socket file left by a dead process is
-// removed; a socket someone still listens on is an error. The file is removed
-// again on Close.
+// Listen listens on path. An existing socket file there (left by a dead
+// process) is replaced: the run directory has one standby at a time, and the
+// agent sees to that. The file is removed again on Close.
 func Listen(path string) (*Listener, error) {
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		if c, err := net.DialTimeout("unixpacket", path, 100*time.Millisecond); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("handoff: listen %s: another process is listening", path)
-		}
 		os.Remove(path)
 	}
 	ul, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
