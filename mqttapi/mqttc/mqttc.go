@@ -167,9 +167,15 @@ func Connect(ctx context.Context, o Options) (*Client, error) {
 	if w := o.Will; w != nil {
 		po.SetBinaryWill(w.Topic, w.Payload, w.QoS, w.Retain)
 	}
+	// paho calls the handler on its own goroutine; Connect waits for its
+	// first run so that a Subscribe right after Connect cannot race with it
+	// (which would subscribe twice and deliver retained messages twice).
+	ready := make(chan struct{})
+	var once sync.Once
 	po.SetOnConnectHandler(func(mqtt.Client) {
 		c.log.Info("mqtt connected")
 		c.resubscribe()
+		once.Do(func() { close(ready) })
 		if o.OnConnect != nil {
 			o.OnConnect(c)
 		}
@@ -184,6 +190,12 @@ func Connect(ctx context.Context, o Options) (*Client, error) {
 	if err := wait(ctx, c.pc.Connect()); err != nil {
 		c.pc.Disconnect(0)
 		return nil, fmt.Errorf("mqttc: connect %s: %w", o.Broker, err)
+	}
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		c.pc.Disconnect(0)
+		return nil, fmt.Errorf("mqttc: connect %s: %w", o.Broker, ctx.Err())
 	}
 	return c, nil
 }
@@ -230,7 +242,8 @@ func (c *Client) Publish(ctx context.Context, m Message) error {
 
 // Subscribe subscribes to filter and calls h for every message, on paho's
 // goroutines (h must not block for long). The subscription is renewed after
-// every reconnect.
+// every reconnect, and the broker then sends retained messages again: h must
+// be idempotent (the inflight protocol is: the same serial is a no-op).
 func (c *Client) Subscribe(ctx context.Context, filter string, qos byte, h func(Message)) error {
 	c.mu.Lock()
 	c.subs[filter] = subscription{qos: qos, handler: h}

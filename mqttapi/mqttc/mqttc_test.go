@@ -10,11 +10,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -56,7 +58,9 @@ func recv(t *testing.T, ch <-chan Message, what string) Message {
 }
 
 func TestPublishSubscribeWillReconnect(t *testing.T) {
-	srv, addr := startBroker(t, nil)
+	_, brokerAddr := startBroker(t, nil)
+	link := newLink(t, brokerAddr)
+	addr := link.addr
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	tp, _ := mqttapi.Topics{}.Drone("drone-1")
@@ -86,7 +90,8 @@ func TestPublishSubscribeWillReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ground, err := Connect(ctx, Options{Broker: "tcp://" + addr, ClientID: "ground"})
+	// The ground talks to the broker directly, not over the agent's link.
+	ground, err := Connect(ctx, Options{Broker: "tcp://" + brokerAddr, ClientID: "ground"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,17 +110,27 @@ func TestPublishSubscribeWillReconnect(t *testing.T) {
 		t.Fatalf("request %q", m.Payload)
 	}
 
-	// Cut the agent's connection on the broker side: the will says offline,
-	// the agent reconnects by itself, says online again and has its
-	// subscription back.
-	cl, ok := srv.Clients.Get("agent-drone-1")
-	if !ok {
-		t.Fatal("agent not known to the broker")
-	}
-	cl.Stop(errors.New("test: link cut"))
+	// Cut the agent's link and keep it down: the broker publishes the will
+	// (offline). Once the link is back, the agent reconnects by itself, says
+	// online again and has its subscription back.
+	link.cut()
 	if m := recv(t, status, "last will"); online(t, m) {
 		t.Fatalf("status after the cut: %s", m.Payload)
 	}
+	// The will is retained: a ground station starting now sees offline.
+	late, err := Connect(ctx, Options{Broker: "tcp://" + brokerAddr, ClientID: "late"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lateStatus := make(chan Message, 1)
+	if err := late.Subscribe(ctx, tp.Status, 1, func(m Message) { lateStatus <- m }); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, lateStatus, "retained will"); online(t, m) || !m.Retain {
+		t.Fatalf("late subscriber sees %s (retained %v)", m.Payload, m.Retain)
+	}
+	late.Close(0)
+	link.restore()
 	recv(t, chanOf(onlines), "OnConnect after reconnect")
 	if m := recv(t, status, "status after reconnect"); !online(t, m) {
 		t.Fatalf("status after reconnect: %s", m.Payload)
@@ -134,6 +149,66 @@ func TestPublishSubscribeWillReconnect(t *testing.T) {
 		t.Fatalf("status after a clean close: %s", m.Payload)
 	case <-time.After(300 * time.Millisecond):
 	}
+}
+
+// link is a TCP relay on 127.0.0.1 between a client and the broker that a
+// test can cut and keep down, as a radio link drops.
+type link struct {
+	addr  string
+	mu    sync.Mutex
+	down  bool
+	conns []net.Conn
+}
+
+func newLink(t *testing.T, to string) *link {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk := &link{addr: l.Addr().String()}
+	t.Cleanup(func() { l.Close(); lk.cut() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			lk.mu.Lock()
+			if lk.down {
+				lk.mu.Unlock()
+				c.Close()
+				continue
+			}
+			b, err := net.Dial("tcp", to)
+			if err != nil {
+				lk.mu.Unlock()
+				c.Close()
+				continue
+			}
+			lk.conns = append(lk.conns, c, b)
+			lk.mu.Unlock()
+			go func() { io.Copy(b, c); b.Close() }()
+			go func() { io.Copy(c, b); c.Close() }()
+		}
+	}()
+	return lk
+}
+
+func (lk *link) cut() {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	lk.down = true
+	for _, c := range lk.conns {
+		c.Close()
+	}
+	lk.conns = nil
+}
+
+func (lk *link) restore() {
+	lk.mu.Lock()
+	lk.down = false
+	lk.mu.Unlock()
 }
 
 func chanOf(c chan struct{}) <-chan Message {
