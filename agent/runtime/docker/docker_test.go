@@ -57,3 +57,13 @@ func sweep(t testing.TB, cli *client.Client, run string) {
 		t.Errorf("image %s was left behind", i.RepoTags)
 	}
 }
+
+// BenchmarkDocker gives the Docker runtime's figures:
+//
+//	go test -run '^$' -bench Docker -benchtime 20x ./agent/runtime/docker
+func BenchmarkDocker(b *testing.B) {
+	cli := testsvc.Docker(b)
+	run := runtimetest.NewRunID()
+	b.Cleanup(func() { sweep(b, cli, run) })
+	runtimetest.Benchmark(b, harness(b, run))
+}

@@ -20,3 +20,19 @@ func TestConformance(t *testing.T) {
 		},
 	})
 }
+
+// BenchmarkProcess gives the process runtime's figures:
+//
+//	go test -run '^$' -bench Process -benchtime 20x ./agent/runtime/process
+func BenchmarkProcess(b *testing.B) {
+	dir := b.TempDir()
+	runtimetest.Benchmark(b, runtimetest.Harness{
+		New: func(t testing.TB) runtime.Runtime {
+			r, err := process.New(process.Options{Dir: dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		},
+	})
+}
