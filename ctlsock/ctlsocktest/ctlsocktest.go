@@ -159,4 +159,3 @@ func (s *Server) serve(c net.Conn) {
 		}
 	}
 }
-
