@@ -44,7 +44,7 @@ type Manifest struct {
 	Handoff   *HandoffCompat `json:"handoff,omitempty"`
 	IssuedAt  time.Time      `json:"issued_at"`
 	ExpiresAt time.Time      `json:"expires_at"`
-	Options   Options        `json:"options"`
+	Options   Options        `json:"options,omitzero"`
 }
 
 // Image says which image to run and how to get it.
