@@ -150,7 +150,12 @@ func (k *Keyring) Len() int {
 // Open checks the envelope's version, signature presence, algorithm, key id
 // and signature, in that order, and returns the exact signed payload bytes
 // and the key id that signed them.
+//
+// An empty raw message (a cleared retained topic) gives ErrCleared.
 func (k *Keyring) Open(raw []byte) (payload []byte, keyID string, err error) {
+	if len(raw) == 0 {
+		return nil, "", fmt.Errorf("mqttapi: %w", ErrCleared)
+	}
 	e, err := DecodeEnvelope(raw)
 	if err != nil {
 		return nil, "", err

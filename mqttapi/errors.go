@@ -26,6 +26,9 @@ var (
 	ErrInvalidID          = errors.New("invalid id")
 	ErrInvalidTopic       = errors.New("invalid topic")
 	ErrChunkCorrupt       = errors.New("chunk corrupt")
+	// ErrCleared is returned for an empty message: a retained topic being
+	// cleared. It means "no desired state" and is a no-op, not a rejection.
+	ErrCleared = errors.New("empty message: retained state cleared")
 
 	// ErrAlreadyApplied is returned for a manifest or request whose serial
 	// equals the last one applied: the retained desired state seen again
@@ -41,6 +44,7 @@ var reasons = []struct {
 	code string
 }{
 	{ErrAlreadyApplied, "already_applied"},
+	{ErrCleared, "cleared"},
 	{ErrOversized, "oversized"},
 	{ErrUnparsable, "unparsable"},
 	{ErrUnsigned, "unsigned"},

@@ -2,6 +2,7 @@ package mqttapi
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -144,7 +145,8 @@ type Event struct {
 
 // RejectionEvent builds the event an agent publishes when Verify or
 // VerifyRequest rejects a message that arrived on topic. Callers should not
-// publish one for ErrAlreadyApplied, which is a no-op.
+// publish one for ErrAlreadyApplied or ErrCleared, which are no-ops (see
+// IsNoop).
 func RejectionEvent(drone string, seq uint64, topic string, err error, now time.Time) Event {
 	return Event{
 		V:      Version,
@@ -157,6 +159,13 @@ func RejectionEvent(drone string, seq uint64, topic string, err error, now time.
 		Error:  err.Error(),
 		Topic:  topic,
 	}
+}
+
+// IsNoop reports whether a Verify or VerifyRequest error means "nothing to
+// do" rather than a rejection: the serial was already applied, or the
+// retained topic was cleared. No event is published for these.
+func IsNoop(err error) bool {
+	return errors.Is(err, ErrAlreadyApplied) || errors.Is(err, ErrCleared)
 }
 
 // Telemetry is the active controller's state relayed at a few Hz. Angles in

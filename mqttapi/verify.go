@@ -42,6 +42,9 @@ func (e Expect) skew() time.Duration {
 // (ErrAlreadyApplied, ErrReplayed), validity window (ErrNotYetValid,
 // ErrExpired, with exp.Skew allowed), architecture (ErrWrongArch).
 //
+// An empty message (a cleared retained desired topic) gives ErrCleared,
+// which, like ErrAlreadyApplied, is a no-op and not a rejection.
+//
 // The serial comes before the validity window so that the retained desired
 // state seen again after a reconnect is a silent no-op even once expired.
 func Verify(raw []byte, kr *Keyring, now time.Time, exp Expect) (*Manifest, error) {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -152,6 +153,7 @@ func TestVerifyRejects(t *testing.T) {
 		want   error
 		reason string
 	}{
+		{"empty (cleared)", nil, t0, exp, ErrCleared, "cleared"},
 		{"oversized", append(seal(t, priv, good), bytes.Repeat([]byte(" "), MaxSignedSize)...), t0, exp, ErrOversized, "oversized"},
 		{"unparsable", []byte(`{"v":1,"key_id":`), t0, exp, ErrUnparsable, "unparsable"},
 		{"not json", []byte("hello"), t0, exp, ErrUnparsable, "unparsable"},
@@ -238,6 +240,9 @@ func TestVerifyWithinSkew(t *testing.T) {
 func TestAlreadyAppliedIsReplayed(t *testing.T) {
 	if !errors.Is(ErrAlreadyApplied, ErrReplayed) {
 		t.Fatal("ErrAlreadyApplied must wrap ErrReplayed")
+	}
+	if !IsNoop(fmt.Errorf("x: %w", ErrAlreadyApplied)) || !IsNoop(ErrCleared) || IsNoop(ErrReplayed) || IsNoop(ErrExpired) {
+		t.Fatal("IsNoop")
 	}
 	if Reason(errors.New("other")) != "error" || Reason(nil) != "" {
 		t.Fatal("Reason of foreign error or nil")
