@@ -57,10 +57,15 @@ type Conn struct {
 	writeTimeout atomic.Int64
 
 	// send side (tick loop)
-	wbuf  []byte
-	wseq  uint32
-	sent  atomic.Uint64
-	wfail atomic.Uint64
+	rc       syscall.RawConn
+	rawWrite func(fd uintptr) bool // c.sendPacket, bound once so that Send does not allocate
+	wbuf     []byte
+	wpending []byte
+	wwait    bool // rawWrite: on EAGAIN, wait (true) or report it (false)
+	werr     error
+	wseq     uint32
+	sent     atomic.Uint64
+	wfail    atomic.Uint64
 
 	// receive ring: the reader fills slot head%RingSlots and then advances
 	// head; Poll decodes slot tail%RingSlots, and frees it (advances tail) on
@@ -90,6 +95,8 @@ func newConn(uc *net.UnixConn) *Conn {
 		closed: make(chan struct{}),
 	}
 	c.writeTimeout.Store(int64(DefaultWriteTimeout))
+	c.rc, _ = uc.SyscallConn() // cannot fail on a *net.UnixConn that is open
+	c.rawWrite = c.sendPacket
 	for i := range c.slots {
 		// One byte more than MaxPacket: a packet that fills it was longer
 		// than MaxPacket (and truncated by the kernel).
@@ -177,9 +184,10 @@ func (l *Listener) Close() error { return l.ul.Close() }
 func (c *Conn) SetWriteTimeout(d time.Duration) { c.writeTimeout.Store(int64(d)) }
 
 // Send sets f.Seq to the next sequence number, encodes f into the Conn's
-// preallocated buffer and writes it as one packet. It blocks at most the write
-// timeout; a socket that stays full returns ErrSendTimeout. A failed send
-// does not consume a sequence number. Send does not allocate on success.
+// preallocated buffer and writes it as one packet. The first attempt never
+// blocks; only when the socket is full does Send wait for room, at most the
+// write timeout, and then return ErrSendTimeout. A failed send does not
+// consume a sequence number. Send does not allocate on success.
 func (c *Conn) Send(f *Frame) error {
 	f.Seq = c.wseq + 1
 	b := AppendFrame(c.wbuf[:0], f)
@@ -187,16 +195,28 @@ func (c *Conn) Send(f *Frame) error {
 		c.wfail.Add(1)
 		return fmt.Errorf("handoff: send %v of %d bytes: %w", f.Type, len(b), ErrTooLarge)
 	}
-	if d := time.Duration(c.writeTimeout.Load()); d > 0 {
-		c.uc.SetWriteDeadline(time.Now().Add(d))
+	c.wpending, c.wwait, c.werr = b, false, nil
+	err := c.rc.Write(c.rawWrite)
+	if err == nil && c.werr == unix.EAGAIN {
+		// Full: wait for room, with a deadline set only now, so that a
+		// preempted tick loop never fails a send that had room.
+		c.wwait, c.werr = true, nil
+		if d := time.Duration(c.writeTimeout.Load()); d > 0 {
+			c.uc.SetWriteDeadline(time.Now().Add(d))
+		}
+		err = c.rc.Write(c.rawWrite)
+		c.uc.SetWriteDeadline(time.Time{})
 	}
-	_, err := c.uc.Write(b)
+	if err == nil {
+		err = c.werr
+	}
+	c.wpending = nil
 	if err != nil {
 		c.wfail.Add(1)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return fmt.Errorf("handoff: send %v: %w", f.Type, ErrSendTimeout)
 		}
-		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) {
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ENOTCONN) {
 			return fmt.Errorf("handoff: send %v: %w (%v)", f.Type, ErrClosed, err)
 		}
 		return fmt.Errorf("handoff: send %v: %w", f.Type, err)
@@ -204,6 +224,24 @@ func (c *Conn) Send(f *Frame) error {
 	c.wseq++
 	c.sent.Add(1)
 	return nil
+}
+
+// sendPacket is the raw write under c.rc.Write: one non-blocking send of the
+// pending packet, without SIGPIPE. It returns false (wait for room) only when
+// waiting is asked for.
+func (c *Conn) sendPacket(fd uintptr) bool {
+	for {
+		err := unix.Sendto(int(fd), c.wpending, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, nil)
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			c.werr = err
+			return !c.wwait
+		}
+		c.werr = err
+		return true
+	}
 }
 
 func (c *Conn) reader() {

@@ -146,6 +146,7 @@ func TestConnPeerClosed(t *testing.T) {
 // rawSend writes a packet as is, bypassing Send's sequence numbering.
 func rawSend(t *testing.T, c *Conn, p []byte) {
 	t.Helper()
+	c.uc.SetWriteDeadline(time.Time{}) // Send's deadline may have passed
 	if _, err := c.uc.Write(p); err != nil {
 		t.Fatal(err)
 	}

@@ -253,7 +253,8 @@ func AppendFrame(b []byte, f *Frame) []byte {
 	return b
 }
 
-// DecodeFrame decodes the single frame that is all of p into f. It does not
+// DecodeFrame decodes the single frame that is all of p (at most MaxPacket
+// bytes) into f. It does not
 // allocate: the slices of f alias p. Any malformed input is an error wrapping
 // ErrMalformed, never a panic. It checks everything about one frame; the
 // sequence of frames is checked by Conn.
@@ -261,6 +262,9 @@ func DecodeFrame(p []byte, f *Frame) error {
 	*f = Frame{}
 	if len(p) < HeaderLen {
 		return ErrShort
+	}
+	if len(p) > MaxPacket {
+		return ErrLength
 	}
 	if p[0] != Magic[0] || p[1] != Magic[1] || p[2] != Magic[2] || p[3] != Magic[3] {
 		return ErrMagic

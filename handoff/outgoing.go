@@ -8,7 +8,7 @@ import (
 )
 
 // DefaultMaxSnapshot is the default bound on a snapshot's size.
-const DefaultMaxSnapshot = 256 << 10
+const DefaultMaxSnapshot = 128 << 10
 
 // MaxSnapshotLimit is the largest MaxSnapshot either side accepts: v1 sends
 // the whole snapshot in the tick it captures it, so it must fit in half of the
@@ -494,9 +494,13 @@ func (o *Outgoing) end(code Code, detail string, tell bool) {
 }
 
 func (o *Outgoing) tryRetake() {
-	seize := o.retakeTries >= o.t.SeizeAfter
 	o.retakeTries++
-	err := o.cfg.Authority.Acquire(seize)
+	seize := false
+	err := o.cfg.Authority.Acquire(false)
+	if errors.Is(err, ErrAuthorityBusy) && o.retakeTries > o.t.SeizeAfter {
+		seize = true
+		err = o.cfg.Authority.Acquire(true)
+	}
 	if err != nil {
 		o.rep.Retakes++
 		if o.rep.Retakes == 1 || !errors.Is(err, ErrAuthorityBusy) {
