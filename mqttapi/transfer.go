@@ -55,8 +55,13 @@ func (p Plan) Validate() error {
 	return nil
 }
 
-// Count is the number of chunks.
-func (p Plan) Count() int { return int((p.Size + int64(p.ChunkSize) - 1) / int64(p.ChunkSize)) }
+// Count is the number of chunks; 0 for a plan without size or chunk size.
+func (p Plan) Count() int {
+	if p.Size <= 0 || p.ChunkSize <= 0 {
+		return 0
+	}
+	return int((p.Size + int64(p.ChunkSize) - 1) / int64(p.ChunkSize))
+}
 
 // Bounds returns the offset and length of chunk i.
 func (p Plan) Bounds(i int) (off int64, n int) {

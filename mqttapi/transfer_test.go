@@ -135,6 +135,9 @@ func TestChunkRejects(t *testing.T) {
 	if _, err := p.NewChunk(0, archive[:10]); !errors.Is(err, ErrInvalid) {
 		t.Errorf("chunk of the wrong length: %v", err)
 	}
+	if n := (Plan{Size: 10}).Count(); n != 0 {
+		t.Errorf("plan without chunk size has %d chunks", n)
+	}
 	if _, err := NewPlan(digest, 0, 0); !errors.Is(err, ErrInvalid) {
 		t.Errorf("empty archive: %v", err)
 	}
