@@ -241,7 +241,7 @@ func Fly(ctx context.Context, o FlyOptions) (FlyResult, error) {
 		winStats    flightctl.Summary
 		flyErr      error
 	)
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 poll:
 	for {

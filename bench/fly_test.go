@@ -32,7 +32,7 @@ func TestFly(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range n {
-		o := FlyOptions{Hover: hover, Gusts: gusts, Seed: uint64(i + 1), Flightctl: bin}
+		o := FlyOptions{Hover: hover, Gusts: gusts, Seed: uint64(i + 1), Flightctl: bin, RT: os.Getenv("BENCH_RT") == "1"}
 		if p := os.Getenv("BENCH_PLOT"); p != "" {
 			o.PlotPath = filepath.Join(p, "flight-"+strconv.Itoa(i+1)+".png")
 			o.TracePath = filepath.Join(p, "flight-"+strconv.Itoa(i+1)+".jsonl")

@@ -158,8 +158,23 @@ func fly(st *State, p *Params, dt float64, imuOK bool) [4]float64 {
 		if e.Alt < p.LandSlowAlt {
 			k.SpVZ = -p.LandSpeedSlow
 		}
+		if blind {
+			k.SpVZ = -p.BlindLandSpeed
+		}
 	}
-	acc := PIDStep(&k.VZ, &p.VZ, k.SpVZ, e.VZ, 0, dt, false, k.SatHi&satThrust != 0, k.SatLo&satThrust != 0)
+	if !st.Airborne && st.Mode == ModeTakeoff {
+		// Still on the ground: keep the setpoint just ahead of the quad and
+		// the integrator empty, or it lifts off with a wound-up climb.
+		k.SpAlt = math.Min(k.SpAlt, e.Alt+0.2)
+	}
+	var acc float64
+	if blind {
+		// The climb-rate estimate now rests on the barometer alone: keep
+		// the integrator's learned trim and close the loop softly.
+		acc = k.VZ.I + p.BlindVZKp*(k.SpVZ-e.VZ)
+	} else {
+		acc = PIDStep(&k.VZ, &p.VZ, k.SpVZ, e.VZ, 0, dt, !st.Airborne, k.SatHi&satThrust != 0, k.SatLo&satThrust != 0)
+	}
 	acc = clamp(acc, -p.MaxAccDown, p.MaxAccUp)
 	c := math.Cos(math.Min(tilt(e.Roll, e.Pitch), p.MaxTiltComp))
 	coll := p.HoverThrottle * math.Sqrt(math.Max(0, (g+acc)/(g*c)))
@@ -172,9 +187,9 @@ func fly(st *State, p *Params, dt float64, imuOK bool) [4]float64 {
 	bits := [3]uint8{satRoll, satPitch, satYaw}
 	switch {
 	case blind:
-		// No IMU for a while: no attitude feedback, level-ish open-loop descent.
+		// No IMU for a while: no attitude feedback, so no torques; the
+		// altitude loop goes on with the barometer alone.
 		k.Torque = [3]float64{}
-		coll = p.BlindLandThr * p.HoverThrottle
 	case !imuOK:
 		// A short gap: hold the last torques.
 	default:
@@ -210,5 +225,5 @@ func resetControl(st *State, p *Params) {
 	k.Torque = [3]float64{}
 	k.Collective = 0
 	k.SatHi, k.SatLo = 0, 0
-	k.TouchTime, k.BlindTime = 0, 0
+	k.TouchTime, k.BlindTime, k.BlindAlt = 0, 0, 0
 }

@@ -63,7 +63,7 @@ func estimate(st *State, p *Params, in *Inputs, dt float64, imuOK, baroOK bool, 
 		resetAltFilter(e, p)
 		return
 	}
-	kfPredict(e, p, dt)
+	kfPredict(e, p, dt, imuOK)
 	if baroOK {
 		kfUpdate(e, e.BaroAlt, p.AltBaroNoise*p.AltBaroNoise)
 	}
@@ -82,11 +82,11 @@ func resetAltFilter(e *EstState, p *Params) {
 	e.P = [9]float64{}
 	e.P[0] = 0.01
 	e.P[4] = 0.01
-	e.P[8] = 0.05 * 0.05
+	e.P[8] = 0.02 * 0.02
 	e.AccBias = b
 }
 
-func kfPredict(e *EstState, p *Params, dt float64) {
+func kfPredict(e *EstState, p *Params, dt float64, imuOK bool) {
 	a := e.AccZ - e.AccBias
 	e.Alt += e.VZ*dt + 0.5*a*dt*dt
 	e.VZ += a * dt
@@ -105,6 +105,10 @@ func kfPredict(e *EstState, p *Params, dt float64) {
 		P[i*3+2] = fp[i*3+2]
 	}
 	q := p.AltAccNoise * p.AltAccNoise
+	if !imuOK {
+		// Predicting without an accelerometer: let the barometer lead.
+		q = p.BlindAccNoise * p.BlindAccNoise
+	}
 	P[0] += q * h * h
 	P[1] += q * h * dt
 	P[3] += q * h * dt
@@ -167,10 +171,14 @@ func calibrate(st *State, p *Params, in *Inputs, dt float64, out *Outputs) {
 		return
 	}
 	e.GyroBias = mean
+	// The accelerometer's magnitude at rest is g: what is left is the
+	// vertical bias, which the altitude filter would otherwise have to learn
+	// in the air.
+	e.AccTrim[2] = norm3(acc) - p.Gravity
 	if p.LevelTrim {
 		tilt := math.Atan2(math.Hypot(acc[0], acc[1]), acc[2])
 		if tilt < p.ArmMaxTilt {
-			e.AccTrim = [3]float64{acc[0], acc[1], 0}
+			e.AccTrim[0], e.AccTrim[1] = acc[0], acc[1]
 			// Start the alignment from the trimmed accelerometer.
 			e.Roll, e.Pitch = 0, 0
 		}

@@ -100,7 +100,7 @@ func (b *BaroBox) Get() (pa, c float64, seq uint64, fail bool) {
 type SensorSource struct {
 	Clock  Clock
 	Period time.Duration
-	IMU    IMU      // nil: every read fails (absent chip)
+	IMU    IMU        // nil: every read fails (absent chip)
 	Baro   BaroSource // nil: no barometer
 
 	next    time.Duration

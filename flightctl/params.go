@@ -26,6 +26,7 @@ type Params struct {
 	AltAccNoise    float64 // vertical accel noise for the altitude filter, m/s²
 	AltBiasWalk    float64 // accel bias random walk, m/s² per √s
 	AltBaroNoise   float64 // barometric altitude noise, m
+	BlindAccNoise  float64 // vertical accel uncertainty assumed while the IMU is lost, m/s²
 	BaroRefTau     float64 // time constant of the ground pressure reference while disarmed, s
 	GyroCalTime    float64 // length of a still window that calibrates the gyro, s
 	GyroCalMaxStd  float64 // max gyro std in that window, rad/s
@@ -71,8 +72,8 @@ type Params struct {
 	TouchdownTime  float64 // touchdown is declared after this long on the ground, s
 	TouchdownThr   float64 // ... with the collective command below this fraction of HoverThrottle
 	AirborneAlt    float64 // above this estimated altitude the quad is airborne, m
-	BlindLandThr   float64 // collective, as a fraction of HoverThrottle, while landing without IMU
-	BlindLandSpeed float64 // assumed descent rate while landing without IMU, m/s
+	BlindLandSpeed float64 // descent rate while landing without IMU, m/s
+	BlindVZKp      float64 // climb-rate gain while landing without IMU, 1/s
 
 	// Failsafes.
 	IMUFailTicks  uint32  // consecutive failed IMU ticks → land (or disarm on the ground)
@@ -94,8 +95,9 @@ func DefaultParams() Params {
 		MahonyKpGround: 5,
 		AccGate:        2.0,
 		AltAccNoise:    0.03,
-		AltBiasWalk:    0.005,
-		AltBaroNoise:   0.1,
+		AltBiasWalk:    0.002,
+		AltBaroNoise:   0.06,
+		BlindAccNoise:  1,
 		BaroRefTau:     1.0,
 		GyroCalTime:    1.0,
 		GyroCalMaxStd:  deg(0.5),
@@ -137,8 +139,8 @@ func DefaultParams() Params {
 		TouchdownTime:  0.5,
 		TouchdownThr:   0.85,
 		AirborneAlt:    0.15,
-		BlindLandThr:   0.93,
-		BlindLandSpeed: 0.5,
+		BlindLandSpeed: 0.4,
+		BlindVZKp:      1.0,
 
 		IMUFailTicks:  20,
 		StuckTicks:    50,

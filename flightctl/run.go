@@ -229,7 +229,7 @@ func Run(ctx context.Context, o Options) error {
 	// The BMP280 driver configures normal mode and reads it in its own
 	// goroutine; the tick loop only picks up its latest sample.
 	var baroSrc BaroSource
-	bmp, err := baro.Open(bus, 0, nil)
+	bmp, err := baro.Open(bus, 0, &baro.Opts{NoFilter: true}) // the altitude filter wants noise, not lag
 	if err != nil {
 		log.Error("barometer absent or failing: arming refused", "chip", "BMP280", "addr", "0x76", "err", err)
 	} else {
@@ -331,4 +331,3 @@ func (l *Loop) loopUntilDone(ctx context.Context, landTimeout time.Duration, log
 	}
 	return nil
 }
-

@@ -77,6 +77,7 @@ type CtlState struct {
 	SatLo      uint8       // ... downwards
 	TouchTime  float64     // time spent looking landed, s
 	BlindTime  float64     // time spent landing without an IMU, s
+	BlindAlt   float64     // estimated altitude when the IMU was lost, m
 }
 
 // HealthState tracks the sensors.
@@ -255,6 +256,7 @@ func walkState[C coder](c C, s *State) {
 	c.u8(&k.SatLo)
 	c.f64(&k.TouchTime)
 	c.f64(&k.BlindTime)
+	c.f64(&k.BlindAlt)
 
 	h := &s.Health
 	c.u32(&h.IMUFails)

@@ -270,7 +270,7 @@ func startLand(st *State, r Reason, out *Outputs) Reason {
 		setMode(st, ModeDisarmed, r, out)
 		return ReasonNone
 	}
-	st.Ctl.TouchTime, st.Ctl.BlindTime = 0, 0
+	st.Ctl.TouchTime, st.Ctl.BlindTime, st.Ctl.BlindAlt = 0, 0, 0
 	setMode(st, ModeLand, r, out)
 	return ReasonNone
 }
@@ -410,12 +410,16 @@ func modeLogic(st *State, p *Params, dt float64, out *Outputs) {
 			return
 		}
 		if st.Health.IMUFails >= p.IMUFailTicks {
-			k.BlindTime += dt
-			limit := math.Max(0, e.Alt)/p.BlindLandSpeed + 2
-			if k.BlindTime > limit || (e.Alt < 0.2 && k.BlindTime > 1) {
-				setMode(st, ModeDisarmed, ReasonTouchdown, out)
+			// Without the IMU, also stop after the time a descent from
+			// here should take at most.
+			if k.BlindTime == 0 {
+				k.BlindAlt = math.Max(0, e.Alt)
 			}
-			return
+			k.BlindTime += dt
+			if k.BlindTime > 2*k.BlindAlt/p.BlindLandSpeed+5 {
+				setMode(st, ModeDisarmed, ReasonTouchdown, out)
+				return
+			}
 		}
 		if e.Alt < p.LandSlowAlt+0.5 && k.Collective < p.TouchdownThr*p.HoverThrottle && math.Abs(e.VZ) < 0.25 {
 			k.TouchTime += dt
