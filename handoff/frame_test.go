@@ -17,7 +17,7 @@ func sampleFrames() []Frame {
 		{Type: TypeHelloAck, Seq: 2},
 		{Type: TypeRefuse, Seq: 2, Reason: Reason{Code: CodeIncompatible, Text: []byte("no migration from state schema 3 to 1")}},
 		{Type: TypeSnapshot, Seq: 3, Tick: 1000, Flags: FlagLastChunk, Snapshot: Snapshot{Schema: 1, Total: 4, Data: []byte{1, 2, 3, 4}}},
-		{Type: TypeSnapshot, Seq: 3, Tick: 1000, Snapshot: Snapshot{Schema: 1, Total: 9000, Offset: 0, Data: bytes.Repeat([]byte{7}, 100)}},
+		{Type: TypeSnapshot, Seq: 3, Tick: 1000, Snapshot: Snapshot{Schema: 1, Total: 9000, Offset: 0, Data: bytes.Repeat([]byte{7}, 8)}},
 		{Type: TypeTick, Seq: 4, Tick: 1001, Inputs: []byte{0xaa, 0xbb}, Outputs: []byte{0x10, 0x20, 0x30}},
 		{Type: TypeShadowReport, Seq: 2, Tick: 1001, Shadow: ShadowReport{Ticks: 1, Divergence: 0.5, MaxDivergence: 1.25, Ready: true}},
 		{Type: TypeSwitch, Seq: 5, Tick: 1050},
