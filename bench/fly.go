@@ -32,7 +32,7 @@ type FlyOptions struct {
 	NoNoise   bool          // noise-free sensors
 	Seed      uint64        // gusts and sensor noise; default 1
 	RateHz    float64       // flightctl --rate; default 400
-	RT        bool          // flightctl --rt
+	NoRT      bool          // do not pass flightctl --rt (SCHED_FIFO and mlockall, which it asks for by default)
 	SkipS     float64       // seconds of hover skipped before the steady window; default 5
 	TracePath string        // keep the drone's trace here (JSON Lines); default a temporary file
 	PlotPath  string        // draw the flight here (PNG or SVG), if set
@@ -70,6 +70,9 @@ type FlyResult struct {
 	MissedTicks     uint64  `json:"missed_ticks"`
 	MissedTicksPct  float64 `json:"missed_ticks_percent"`
 	Overruns        uint64  `json:"overruns"`
+	IMUReadMeanUS   float64 `json:"imu_read_mean_us"` // wake-up to IMU sample over the socket bus
+	IMUReadMaxUS    float64 `json:"imu_read_max_us"`
+	RT              bool    `json:"rt"`
 	MaxPWMGapMS     float64 `json:"max_pwm_gap_ms"` // longest gap between PWM writes the drone saw while the motors spun
 	PWMWriteHz      float64 `json:"pwm_write_hz"`   // PWM writes per second over the flight
 	TwoWriterEvents int     `json:"two_writer_events"`
@@ -132,7 +135,7 @@ func FlightctlBinary(ctx context.Context, path, dir string) (string, error) {
 func Fly(ctx context.Context, o FlyOptions) (FlyResult, error) {
 	o.defaults()
 	log := o.Logger
-	res := FlyResult{Scenario: "hover", Gusts: o.Gusts, Seed: o.Seed}
+	res := FlyResult{Scenario: "hover", Gusts: o.Gusts, Seed: o.Seed, RT: !o.NoRT}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 
@@ -191,7 +194,7 @@ func Fly(ctx context.Context, o FlyOptions) (FlyResult, error) {
 	mission := fmt.Sprintf("takeoff:%gm,hover:%gs,land", o.AltM, o.Hover.Seconds())
 	args := []string{"--bus", "unix://" + busPath, "--run-dir", dir, "--rate", fmt.Sprint(o.RateHz),
 		"--mission", mission, "--name", "flightctl-v1"}
-	if o.RT {
+	if !o.NoRT {
 		args = append(args, "--rt")
 	}
 	cmd := exec.Command(bin, args...)
@@ -336,6 +339,7 @@ poll:
 	res.TickP50JitterUS, res.TickP99JitterUS = winStats.JitterP50US, winStats.JitterP99US
 	res.Ticks, res.MissedTicks, res.Overruns = winStats.Ticks, winStats.Missed, winStats.Overruns
 	res.MissedTicksPct = r3(winStats.MissedPercent)
+	res.IMUReadMeanUS, res.IMUReadMaxUS = r3(winStats.MeanReadUS), r3(winStats.MaxReadUS)
 	if o.PlotPath != "" {
 		if err := plot.File(tr, o.PlotPath); err != nil {
 			return res, fmt.Errorf("%w: plot: %v", ErrFlight, err)

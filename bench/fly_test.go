@@ -26,13 +26,14 @@ func TestFly(t *testing.T) {
 		hover, _ = time.ParseDuration(v)
 	}
 	gusts = os.Getenv("BENCH_GUSTS") == "1"
+	seed0, _ := strconv.Atoi(os.Getenv("BENCH_SEED0"))
 	dir := t.TempDir()
 	bin, err := FlightctlBinary(context.Background(), "", dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range n {
-		o := FlyOptions{Hover: hover, Gusts: gusts, Seed: uint64(i + 1), Flightctl: bin, RT: os.Getenv("BENCH_RT") == "1"}
+		o := FlyOptions{Hover: hover, Gusts: gusts, Seed: uint64(seed0 + i + 1), Flightctl: bin, NoRT: os.Getenv("BENCH_NORT") == "1"}
 		if p := os.Getenv("BENCH_PLOT"); p != "" {
 			o.PlotPath = filepath.Join(p, "flight-"+strconv.Itoa(i+1)+".png")
 			o.TracePath = filepath.Join(p, "flight-"+strconv.Itoa(i+1)+".jsonl")

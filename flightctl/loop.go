@@ -21,6 +21,15 @@ type InputSource interface {
 	Next(ctx context.Context, in *Inputs) error
 }
 
+// TickStarter is implemented by a source that paces the loop on the local
+// clock: TickStart is when the current tick woke up, before reading the
+// sensors. The loop's interval statistics use it, so they measure the
+// loop's own timing and not the sensor read; other sources are timed when
+// Next returns.
+type TickStarter interface {
+	TickStart() time.Duration
+}
+
 // OutputSink takes each tick's outputs: the PWM chip when active, nothing in
 // standby. It must not allocate.
 type OutputSink interface {
@@ -107,7 +116,11 @@ type SensorSource struct {
 	last    time.Duration
 	started bool
 	baroSeq uint64
+	wake    time.Duration
 }
+
+// TickStart implements TickStarter.
+func (s *SensorSource) TickStart() time.Duration { return s.wake }
 
 // Resume makes the next tick fall one period after t (a tick boundary of the
 // controller this one takes over from), so the cadence continues.
@@ -135,6 +148,7 @@ func (s *SensorSource) Next(ctx context.Context, in *Inputs) error {
 	}
 	in.Dt = (now - s.last).Seconds()
 	s.last = now
+	s.wake = now
 	in.TimeNs = int64(now)
 	if s.IMU == nil {
 		in.IMUErr = true
@@ -250,6 +264,10 @@ func (l *Loop) Tick(ctx context.Context) error {
 		return err
 	}
 	t0 := l.Clock.Now()
+	wake := t0
+	if ts, ok := l.Source.(TickStarter); ok {
+		wake = ts.TickStart()
+	}
 	Step(&l.St, &l.P, &l.in, &l.out)
 	werr := false
 	if l.Sink != nil {
@@ -281,8 +299,8 @@ func (l *Loop) Tick(ctx context.Context) error {
 	l.in.Cmd = Command{}
 	work := l.Clock.Now() - t0
 	l.snapMu.Lock()
-	l.Stats.Begin(t0)
-	l.Stats.End(work)
+	l.Stats.Begin(wake)
+	l.Stats.End(work, t0-wake)
 	if werr {
 		l.Stats.WriteErr++
 	}

@@ -12,11 +12,13 @@ type TickStats struct {
 	Period   time.Duration // nominal
 	Ticks    uint64        // intervals measured
 	Missed   uint64        // intervals longer than 1.5 periods
-	Overruns uint64        // ticks whose work took longer than a period
+	Overruns uint64        // ticks whose read and work took longer than a period
 	MaxGap   time.Duration // longest interval
 	SumGap   time.Duration // sum of intervals (mean rate = Ticks / SumGap)
-	MaxWork  time.Duration // longest work (read, step, write) of a tick
+	MaxWork  time.Duration // longest work (step, write, observe) of a tick
 	SumWork  time.Duration
+	MaxRead  time.Duration // longest sensor read (wake-up to inputs ready)
+	SumRead  time.Duration
 	WriteErr uint64 // failed motor writes
 	ReadErr  uint64 // failed IMU reads (counted by the source; read it only in the loop goroutine or a Snapshot)
 	last     time.Duration
@@ -57,13 +59,17 @@ func (s *TickStats) Begin(now time.Duration) {
 	s.jitter[us]++
 }
 
-// End records the work time of the tick begun at start.
-func (s *TickStats) End(work time.Duration) {
+// End records the work time of a tick and its sensor read time.
+func (s *TickStats) End(work, read time.Duration) {
 	s.SumWork += work
+	s.SumRead += read
 	if work > s.MaxWork {
 		s.MaxWork = work
 	}
-	if work > s.Period {
+	if read > s.MaxRead {
+		s.MaxRead = read
+	}
+	if work+read > s.Period {
 		s.Overruns++
 	}
 }
@@ -100,6 +106,8 @@ type Summary struct {
 	Overruns      uint64  `json:"overruns"`
 	MeanWorkUS    float64 `json:"mean_work_us"`
 	MaxWorkUS     float64 `json:"max_work_us"`
+	MeanReadUS    float64 `json:"mean_read_us"`
+	MaxReadUS     float64 `json:"max_read_us"`
 	WriteErrors   uint64  `json:"write_errors"`
 	ReadErrors    uint64  `json:"read_errors"`
 }
@@ -110,7 +118,7 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 func (s *TickStats) Summary() Summary {
 	r := Summary{
 		Ticks: s.Ticks, PeriodUS: us(s.Period), Missed: s.Missed, Overruns: s.Overruns,
-		MaxGapUS: us(s.MaxGap), MaxWorkUS: us(s.MaxWork), WriteErrors: s.WriteErr, ReadErrors: s.ReadErr,
+		MaxGapUS: us(s.MaxGap), MaxWorkUS: us(s.MaxWork), MaxReadUS: us(s.MaxRead), WriteErrors: s.WriteErr, ReadErrors: s.ReadErr,
 		JitterP50US: us(s.JitterQuantile(0.5)), JitterP99US: us(s.JitterQuantile(0.99)),
 	}
 	if s.SumGap > 0 {
@@ -119,6 +127,7 @@ func (s *TickStats) Summary() Summary {
 	if s.Ticks > 0 {
 		r.MissedPercent = 100 * float64(s.Missed) / float64(s.Ticks)
 		r.MeanWorkUS = us(s.SumWork) / float64(s.Ticks)
+		r.MeanReadUS = us(s.SumRead) / float64(s.Ticks)
 	}
 	return r
 }

@@ -78,7 +78,7 @@ func TestEstimatorHoldsAttitudeFromGyroInFlight(t *testing.T) {
 	st.Est.Calibrated = true
 	in := still(0, 0, [3]float64{})
 	in.Gyro = [3]float64{deg(10), 0, 0} // 10°/s roll for 1 s
-	in.Accel = [3]float64{0, 0, g0}      // thrust along body z, as in a coordinated turn
+	in.Accel = [3]float64{0, 0, g0}     // thrust along body z, as in a coordinated turn
 	for range 400 {
 		var out Outputs
 		in.Accel[1] += 1e-9
