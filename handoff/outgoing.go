@@ -49,7 +49,8 @@ type OutgoingConfig struct {
 	Timeouts Timeouts
 	// WriteTimeout bounds each send (default DefaultWriteTimeout).
 	WriteTimeout time.Duration
-	// Now is the clock for durations (default time.Now).
+	// Now is the clock for durations (default time.Now); Progress calls it
+	// from the caller's goroutine, so it must be safe for concurrent use.
 	Now    func() time.Time
 	Logger *slog.Logger
 }

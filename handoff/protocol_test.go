@@ -873,3 +873,41 @@ func TestHandoffTickZeroAllocs(t *testing.T) {
 		t.Errorf("probation: %v allocations per tick", a)
 	}
 }
+
+// v1 dies right after sending SWITCH: v2 still has the SWITCH, the kernel
+// freed the lock, so v2 takes over and flies on alone.
+func TestHandoffV1DiesAfterSwitch(t *testing.T) {
+	h := newHarness(t, nil)
+	h.afterV1 = func(h *harness) {
+		if h.out.switchSent && !h.v1dead {
+			h.killV1()
+		}
+	}
+	h.run(50, func() bool { return h.in.Phase().Terminal() })
+	r2 := h.in.Progress()
+	if r2.Phase != PhaseCommitted || !r2.PeerLost || !r2.Writing || h.lock.holder != 2 {
+		t.Fatalf("v2 %v peerLost=%v writing=%v: %q", r2.Phase, r2.PeerLost, r2.Writing, r2.Detail)
+	}
+	h.checkOneWriter(0)
+}
+
+// v2 dies before the switch: v1 sees the connection end and flies on.
+func TestHandoffV2DiesBeforeSwitch(t *testing.T) {
+	for _, at := range []Phase{PhaseHello, PhaseSync, PhaseShadow} {
+		t.Run(at.String(), func(t *testing.T) {
+			h := newHarness(t, nil)
+			h.canSwitch = func() bool { return false }
+			h.afterV1 = func(h *harness) {
+				if h.out.Phase() == at && !h.v2dead {
+					h.killV2()
+				}
+			}
+			h.run(50, func() bool { return h.out.Phase().Terminal() })
+			r1 := h.out.Progress()
+			if r1.Phase != PhaseAborted || r1.Code != CodePeerLost || !r1.Writing {
+				t.Fatalf("v1 %v %v writing=%v: %q", r1.Phase, r1.Code, r1.Writing, r1.Detail)
+			}
+			h.checkOneWriter(0)
+		})
+	}
+}
