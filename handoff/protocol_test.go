@@ -716,7 +716,6 @@ func TestHandoffV1DiesInProbation(t *testing.T) {
 // Each phase ends on its own timeout when the peer stays connected but does
 // not move on.
 func TestHandoffPhaseTimeouts(t *testing.T) {
-	to := defaultTimeouts()
 	cases := []struct {
 		name  string
 		mod   func(h *harness)
@@ -771,7 +770,6 @@ func TestHandoffPhaseTimeouts(t *testing.T) {
 			if h.lock.acq[2] != 0 || h.lock.holder != 1 {
 				t.Errorf("lock %+v", h.lock)
 			}
-			_ = to
 		})
 	}
 }
