@@ -39,6 +39,8 @@ type FlyOptions struct {
 	// Flightctl is the flightctl binary. Default: "flightctl" beside the
 	// running executable if there is one, else built with go build.
 	Flightctl string
+	// FlightctlArgs are passed to flightctl after the bench's own flags.
+	FlightctlArgs []string
 	// Timeout bounds the whole flight; default Hover + 90 s.
 	Timeout time.Duration
 	// RunDir is the run directory (bus socket, PWM lock, control socket);
@@ -197,6 +199,7 @@ func Fly(ctx context.Context, o FlyOptions) (FlyResult, error) {
 	if !o.NoRT {
 		args = append(args, "--rt")
 	}
+	args = append(args, o.FlightctlArgs...)
 	cmd := exec.Command(bin, args...)
 	var logBuf tailBuffer
 	cmd.Stderr = &logBuf

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -37,6 +38,9 @@ func TestFly(t *testing.T) {
 		if p := os.Getenv("BENCH_PLOT"); p != "" {
 			o.PlotPath = filepath.Join(p, "flight-"+strconv.Itoa(i+1)+".png")
 			o.TracePath = filepath.Join(p, "flight-"+strconv.Itoa(i+1)+".jsonl")
+		}
+		if a := os.Getenv("BENCH_ARGS"); a != "" {
+			o.FlightctlArgs = strings.Fields(a)
 		}
 		if hover < 10*time.Second {
 			o.SkipS = 2

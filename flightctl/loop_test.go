@@ -157,3 +157,17 @@ func TestLoopCommandAndExec(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestNanoClockSleepsToTheDeadline(t *testing.T) {
+	c := &NanoClock{}
+	for range 20 {
+		d := c.Now() + 500*time.Microsecond
+		c.SleepUntil(d)
+		if c.Now() < d {
+			t.Fatal("woke before the deadline")
+		}
+	}
+	if a := testing.AllocsPerRun(10, func() { c.SleepUntil(c.Now() + 100*time.Microsecond) }); a != 0 {
+		t.Fatalf("SleepUntil allocates %v", a)
+	}
+}

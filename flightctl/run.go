@@ -73,7 +73,8 @@ type Options struct {
 	Role    Role          // default RoleCold
 	Params  *Params       // default DefaultParams()
 	Logger  *slog.Logger  // default slog.Default()
-	Spin    time.Duration // busy-wait before each deadline; default 50 µs, negative = none
+	Spin    time.Duration // busy-wait before each deadline; default none (negative = none)
+	GoSleep bool          // sleep with time.Sleep instead of clock_nanosleep
 	// LandTimeout bounds the landing Run performs when its context ends while
 	// airborne with the authority; default 60 s.
 	LandTimeout time.Duration
@@ -115,9 +116,7 @@ func (o *Options) defaults() error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.Spin == 0 {
-		o.Spin = 50 * time.Microsecond
-	} else if o.Spin < 0 {
+	if o.Spin < 0 {
 		o.Spin = 0
 	}
 	if o.LandTimeout == 0 {
@@ -246,7 +245,10 @@ func Run(ctx context.Context, o Options) error {
 	period := time.Duration(float64(time.Second) / o.RateHz)
 	p := *o.Params
 	p.NominalDt = period.Seconds()
-	clk := NewMonoClock(o.Spin)
+	var clk Clock = &NanoClock{Spin: o.Spin}
+	if o.GoSleep {
+		clk = NewMonoClock(o.Spin)
+	}
 	src := &SensorSource{Clock: clk, Period: period, IMU: imu, Baro: baroSrc}
 	var st State
 	l := NewLoop(&st, &p, src, &PWMSink{Motors: pwm, Authority: lock}, clk)

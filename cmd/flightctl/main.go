@@ -25,6 +25,8 @@ func main() {
 	flag.StringVar(&o.Mission, "mission", "", `mission to fly at once, e.g. "takeoff:2m,hover:30s,land", or @file`)
 	flag.BoolVar(&o.RT, "rt", false, "ask for SCHED_FIFO and locked memory (runs on without them)")
 	flag.StringVar(&o.Name, "name", "", "name shown to the bus (the bench trace says which controller wrote PWM); default flightctl-<pid>")
+	flag.DurationVar(&o.Spin, "spin", 0, "busy-wait this long before each tick deadline (0: none)")
+	flag.BoolVar(&o.GoSleep, "go-sleep", false, "sleep with Go timers instead of clock_nanosleep (for comparison)")
 	flag.TextVar(&level, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: flightctl [flags]\n\nFlies the drone: arms, takes off, hovers and lands on --mission or on commands\nfrom <run-dir>/control.sock (docs/flightctl.md). SIGINT/SIGTERM: on the ground,\ndisarm and exit; in the air, land first.\n\n")
