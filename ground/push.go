@@ -30,6 +30,9 @@ type PushOptions struct {
 	// manifest then names the archive and transfer "mqtt".
 	Archive  *Archive
 	Transfer TransferOptions
+	// OnPublished, when set, is called once the manifest is published,
+	// before an MQTT transfer starts.
+	OnPublished func(PushResult)
 }
 
 // TransferOptions tune an MQTT transfer.
@@ -130,6 +133,9 @@ func (s *Station) Push(ctx context.Context, signer *keys.Signer, o PushOptions) 
 	}
 	res := PushResult{Topic: topic, Serial: m.Serial, PrevSerial: last, KeyID: signer.KeyID(), Manifest: m}
 	s.log.Info("manifest published", "topic", topic, "serial", m.Serial, "version", m.Version, "image", m.Image.Ref)
+	if o.OnPublished != nil {
+		o.OnPublished(res)
+	}
 	if o.Archive == nil {
 		return res, nil
 	}

@@ -175,7 +175,7 @@ func ArchiveFromFile(path, repo string) (*Archive, error) {
 		if t, err := name.NewTag(mf[0].RepoTags[0]); err == nil {
 			tag = &t
 			if repo == "" {
-				repo = t.Context().Name()
+				repo = repoOf(mf[0].RepoTags[0])
 			}
 		}
 	}
@@ -236,11 +236,7 @@ func ArchiveFromDocker(ctx context.Context, ref, dir string) (*Archive, error) {
 		os.Remove(f.Name())
 		return nil, fmt.Errorf("ground: %w", err)
 	}
-	repo := ""
-	if r, err := name.ParseReference(ref); err == nil {
-		repo = r.Context().Name()
-	}
-	a, err := ArchiveFromFile(f.Name(), repo)
+	a, err := ArchiveFromFile(f.Name(), repoOf(ref))
 	if err != nil {
 		os.Remove(f.Name())
 		return nil, err
@@ -267,10 +263,7 @@ func ResolveDocker(ctx context.Context, ref string) (ImageInfo, error) {
 		return ImageInfo{}, fmt.Errorf("ground: docker image %s: %w", ref, err)
 	}
 	info := ImageInfo{Source: "docker", Digest: ins.ID}
-	repo := ""
-	if r, err := name.ParseReference(ref); err == nil {
-		repo = r.Context().Name()
-	}
+	repo := repoOf(ref)
 	info.Ref = repo + "@" + ins.ID
 	for _, rd := range ins.RepoDigests {
 		if strings.HasPrefix(rd, repo+"@") || repo == "" {
@@ -287,4 +280,17 @@ func ResolveDocker(ctx context.Context, ref string) (ImageInfo, error) {
 	cf.Config.Labels = info.Labels
 	info.fromConfig(cf)
 	return info, nil
+}
+
+// repoOf strips the tag or digest from an image reference as the user
+// wrote it ("flightctl:2", "reg:5000/x/flightctl@sha256:..."), without
+// adding Docker Hub's default registry the way name.Repository does.
+func repoOf(ref string) string {
+	if i := strings.LastIndex(ref, "@"); i >= 0 {
+		ref = ref[:i]
+	}
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		ref = ref[:i]
+	}
+	return ref
 }

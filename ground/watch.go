@@ -3,6 +3,7 @@ package ground
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -197,6 +198,14 @@ func (w *Watcher) Wait(ctx context.Context, serial uint64, on func(mqttapi.Event
 	if done, o, err := checkReported(w.Reported()); done {
 		return o, err
 	}
+	var ro reorder
+	type fallback struct {
+		o   Outcome
+		err error
+	}
+	var fb *fallback
+	tick := time.NewTicker(reorderHold / 2)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -206,9 +215,20 @@ func (w *Watcher) Wait(ctx context.Context, serial uint64, on func(mqttapi.Event
 			return out, ctx.Err()
 		case r := <-w.repCh:
 			if done, o, err := checkReported(&r); done {
-				return o, err
+				if len(ro.pend) == 0 {
+					return o, err
+				}
+				// Show the events still held for ordering first.
+				fb = &fallback{o, err}
 			}
 		case ev := <-w.ch:
+			ro.add(ev, time.Now())
+		case <-tick.C:
+		}
+		if fb != nil && len(ro.pend) == 0 {
+			return fb.o, fb.err
+		}
+		for _, ev := range ro.ready(time.Now()) {
 			if !isOurs(ev) {
 				continue
 			}
@@ -252,6 +272,9 @@ func (w *Watcher) WaitRequest(ctx context.Context, req mqttapi.Request, on func(
 	if req.Kind == mqttapi.KindCancel {
 		want = mqttapi.ResultAborted
 	}
+	var ro reorder
+	tick := time.NewTicker(reorderHold / 2)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -261,6 +284,10 @@ func (w *Watcher) WaitRequest(ctx context.Context, req mqttapi.Request, on func(
 			return out, ctx.Err()
 		case <-w.repCh:
 		case ev := <-w.ch:
+			ro.add(ev, time.Now())
+		case <-tick.C:
+		}
+		for _, ev := range ro.ready(time.Now()) {
 			rejected := ev.Phase == mqttapi.PhaseRejected && ev.Serial == 0 && strings.HasSuffix(ev.Topic, "/"+string(mqttapi.KindRequests))
 			if !rejected && (ev.Kind != req.Kind || ev.Serial != req.Serial) {
 				continue
@@ -285,4 +312,43 @@ func (w *Watcher) WaitRequest(ctx context.Context, req mqttapi.Request, on func(
 			return out, fmt.Errorf("ground: drone %s %s request %d: %s %s: %w", w.d.ID, req.Kind, req.Serial, out.Result, out.Reason, ErrUpdateFailed)
 		}
 	}
+}
+
+// reorderHold is how long an event that arrived ahead of its predecessor
+// (by Seq) waits for it. The MQTT client may hand messages over out of
+// order; the agent numbers its events.
+const reorderHold = 40 * time.Millisecond
+
+// reorder puts events back in Seq order.
+type reorder struct {
+	pend []heldEvent
+	last uint64
+}
+
+type heldEvent struct {
+	ev mqttapi.Event
+	at time.Time
+}
+
+func (r *reorder) add(ev mqttapi.Event, now time.Time) {
+	r.pend = append(r.pend, heldEvent{ev, now})
+	sort.SliceStable(r.pend, func(i, j int) bool { return r.pend[i].ev.Seq < r.pend[j].ev.Seq })
+}
+
+// ready returns the events that may be handled now, in order: the next in
+// sequence, one older than its predecessor (an agent restart), or any that
+// waited reorderHold.
+func (r *reorder) ready(now time.Time) []mqttapi.Event {
+	var out []mqttapi.Event
+	for len(r.pend) > 0 {
+		h := r.pend[0]
+		next := r.last != 0 && h.ev.Seq <= r.last+1
+		if !next && now.Sub(h.at) < reorderHold {
+			break
+		}
+		out = append(out, h.ev)
+		r.last = h.ev.Seq
+		r.pend = r.pend[1:]
+	}
+	return out
 }

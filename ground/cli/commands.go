@@ -107,10 +107,11 @@ func runPush(ctx context.Context, e *env, args []string) int {
 	if o.Archive != nil {
 		out.note("image %s: archive %s, %d bytes; sending over MQTT once drone %s reports", o.Image.Ref, o.Archive.Digest, o.Archive.Size, *drone)
 	}
+	o.OnPublished = out.pushed
 	res, err := st.Push(ctx, signer, o)
 	out.transferDone()
-	if res.Serial != 0 {
-		out.pushed(res)
+	if res.Transfer != nil && res.Transfer.Complete {
+		out.transferStats(res.Transfer)
 	}
 	if err != nil {
 		return fail(e, "push", err)

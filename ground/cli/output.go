@@ -86,10 +86,15 @@ func (o *output) pushed(r ground.PushResult) {
 	}
 	fmt.Fprintf(o.e.stdout, "pushed %s to %s: serial %d (previous %d), image %s via %s, expires %s, signed by key %s, retained on %s\n",
 		m.Version, target, m.Serial, r.PrevSerial, m.Image.Ref, via, m.ExpiresAt.Format(time.RFC3339), r.KeyID, r.Topic)
-	if t := r.Transfer; t != nil && t.Complete {
-		fmt.Fprintf(o.e.stdout, "transfer %s: %d chunks of %d bytes, %d held before, %d sent (%d again), %.1f MB in %v, %.1f MB/s\n",
-			t.Transfer, t.Count, t.ChunkSize, t.HeldAtStart, t.Sent, t.Resent, float64(t.BytesSent)/1e6, t.Elapsed.Round(time.Millisecond), t.MBps())
+}
+
+func (o *output) transferStats(t *transfer.Stats) {
+	if o.json {
+		o.line(map[string]any{"transfer_stats": t})
+		return
 	}
+	fmt.Fprintf(o.e.stdout, "transfer %s: %d chunks of %d bytes, %d held before, %d sent (%d again), %.1f MB in %v, %.1f MB/s\n",
+		t.Transfer, t.Count, t.ChunkSize, t.HeldAtStart, t.Sent, t.Resent, float64(t.BytesSent)/1e6, t.Elapsed.Round(time.Millisecond), t.MBps())
 }
 
 func (o *output) transferProgress(p transfer.SendProgress) {
@@ -114,13 +119,12 @@ func (o *output) transferProgress(p transfer.SendProgress) {
 		tenth := int(p.HeldBytes * 10 / max(p.Size, 1))
 		if tenth != o.tlast {
 			o.tlast = tenth
-			el := time.Since(o.tstart).Seconds()
-			rate := 0.0
-			if el > 0 {
-				rate = float64(p.HeldBytes) / 1e6 / el
+			fmt.Fprintf(o.e.stdout, "transfer %s: %d/%d chunks, %.2f/%.2f MB (%d%%)",
+				p.Transfer, p.Held, p.Count, float64(p.HeldBytes)/1e6, float64(p.Size)/1e6, tenth*10)
+			if el := time.Since(o.tstart).Seconds(); el > 0.1 {
+				fmt.Fprintf(o.e.stdout, ", %.1f MB/s", float64(p.HeldBytes)/1e6/el)
 			}
-			fmt.Fprintf(o.e.stdout, "transfer %s: %d/%d chunks, %.1f/%.1f MB (%d%%), %.1f MB/s\n",
-				p.Transfer, p.Held, p.Count, float64(p.HeldBytes)/1e6, float64(p.Size)/1e6, tenth*10, rate)
+			fmt.Fprintln(o.e.stdout)
 		}
 	}
 }
