@@ -90,6 +90,7 @@ type Receiver struct {
 	firstNew time.Time // when the oldest unreported chunk arrived
 	lastErr  string    // reported once in the next have
 	complete bool
+	stopped  bool // Run returned: late deliveries are ignored
 }
 
 // NewReceiver opens (or resumes) the spool of the transfer of o.Archive.
@@ -373,7 +374,13 @@ func (r *Receiver) Run(ctx context.Context) (string, error) {
 	}
 	r.mu.Lock()
 	done := r.complete
+	r.stopped = false
 	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.stopped = true
+		r.mu.Unlock()
+	}()
 	if !done {
 		if err := r.o.Conn.Subscribe(ctx, chunkTopic, 1, r.onChunk); err != nil {
 			return "", fmt.Errorf("transfer: %w", err)
@@ -447,6 +454,9 @@ func (r *Receiver) onChunk(m mqttc.Message) {
 	}
 	if c.Digest != r.plan.Digest || c.Size != r.plan.Size {
 		reject(fmt.Errorf("transfer: chunk %d of archive %s (%d bytes), want %s (%d bytes): %w", c.Index, c.Digest, c.Size, r.plan.Digest, r.plan.Size, ErrMismatch))
+		return
+	}
+	if r.stopped {
 		return
 	}
 	if r.complete || r.part == nil {
