@@ -197,7 +197,8 @@ if [ "$offline" = 1 ]; then
 		fi
 	done
 	[ "$dry" = 1 ] || mkdir -p "$root/var/lib/inflight"
-	say "done (offline): Docker is installed and the image loaded at first boot"
+	[ "$changed" = 1 ] || say "nothing changed"
+	say "done (offline): the first boot sets Docker up and loads the image"
 	exit 0
 fi
 
