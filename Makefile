@@ -8,7 +8,7 @@ GOFLAGS_STATIC := CGO_ENABLED=0
 # linux/arm v6 and v7 are spelled GOARCH=arm GOARM=6|7.
 CROSS     := linux/amd64 linux/arm64 linux/arm/7 linux/arm/6
 
-.PHONY: help build test lint vet fmt cross fuzz bench clean
+.PHONY: help build test lint vet fmt cross fuzz bench clean images
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +41,12 @@ fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 
 bench: ## run the Go benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+IMAGE_V1 ?= 1.0.0
+IMAGE_V2 ?= 2.0.0
+images: ## flightctl images v1 and v2 for amd64 (bench), arm64, arm v7, arm v6 into bin/images/ (no docker build needed)
+	$(GO) run ./images/build --version $(IMAGE_V1) --platform all --out $(BIN)/images/flightctl-{version}-{arch}.tar
+	$(GO) run ./images/build --version $(IMAGE_V2) --platform all --out $(BIN)/images/flightctl-{version}-{arch}.tar $(IMAGE_V2_FLAGS)
 
 clean: ## remove build output
 	rm -rf $(BIN)
