@@ -380,6 +380,13 @@ func (l *Loop) Snapshot(s *Snapshot) {
 	l.snapMu.Unlock()
 }
 
+// CurrentRole is the role as of the latest tick (safe from any goroutine).
+func (l *Loop) CurrentRole() Role {
+	l.snapMu.Lock()
+	defer l.snapMu.Unlock()
+	return l.snapRole
+}
+
 // logEvents logs the loop's events until ctx is done; it runs off the tick path.
 func (l *Loop) logEvents(ctx context.Context, log *slog.Logger) {
 	for {

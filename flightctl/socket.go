@@ -281,7 +281,7 @@ func RegisterFlightCommands(s *ControlServer, l *Loop, name string) {
 					return nil, err
 				}
 			}
-			if l.Role == RoleStandby {
+			if l.CurrentRole() == RoleStandby {
 				return nil, fmt.Errorf("flightctl: %s: this controller is a standby; command the active one", req.Cmd)
 			}
 			r, err := l.Command(ctx, c)
