@@ -317,10 +317,12 @@ func (a *Agent) connect(ctx context.Context) error {
 	a.mu.Lock()
 	a.mqttClient = c
 	a.mu.Unlock()
-	a.setMessenger(c)
+	// Subscribe before events go out directly, so that no request sent in
+	// answer to an event is missed.
 	if err := a.subscribe(ctx, c); err != nil {
 		return err
 	}
+	a.setMessenger(c)
 	a.Reconnected(ctx, c) // the first OnConnect ran before the messenger was set
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 // handle verifies one incoming message and acts on it. Whatever fails
 // verification is reported in a rejection event and changes nothing.
 func (a *Agent) handle(ctx context.Context, m mqttc.Message) {
+	a.log.Debug("message", "topic", m.Topic, "bytes", len(m.Payload), "retained", m.Retain)
 	switch {
 	case m.Topic == a.topics.Requests:
 		a.handleRequest(ctx, m)

@@ -737,6 +737,7 @@ func (a *Agent) follow(ctx context.Context, r *run) {
 		if err == nil {
 			lastP = p
 			ph := handoffPhase(p.Phase)
+			seen := a.clock.Now()
 			if ph == mqttapi.PhaseProbation && !u.Switched {
 				if err := a.enter(ctx, mqttapi.PhaseProbation, mqttapi.Event{Figures: figures(p)}, func(u *journal.Update) {
 					u.Switched = true
@@ -744,7 +745,7 @@ func (a *Agent) follow(ctx context.Context, r *run) {
 				}); err != nil {
 					a.log.Error("journal", "err", err)
 				}
-				cur, phaseSince = mqttapi.PhaseProbation, a.clock.Now()
+				cur, phaseSince = mqttapi.PhaseProbation, seen
 			}
 			switch ph {
 			case mqttapi.PhaseCommitted:
@@ -783,7 +784,7 @@ func (a *Agent) follow(ctx context.Context, r *run) {
 					if err := a.enter(ctx, ph, mqttapi.Event{Figures: figures(p)}, func(u *journal.Update) { mergeFigures(u, figures(p)) }); err != nil {
 						a.log.Error("journal", "err", err)
 					}
-					cur, phaseSince = ph, a.clock.Now()
+					cur, phaseSince = ph, seen
 				}
 			}
 		}
