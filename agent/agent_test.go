@@ -396,7 +396,10 @@ func TestTelemetryRelayed(t *testing.T) {
 			}
 		}
 	})
-	b.rt.newCtl = func(spec runtime.Spec, f *fakeCtl) { f.st.MotorsUS = [4]float64{1500, 1000, 2000, 2500}; f.st.RollDeg = 1.5 }
+	b.rt.newCtl = func(spec runtime.Spec, f *fakeCtl) {
+		f.st.MotorsUS = [4]float64{1500, 1000, 2000, 2500}
+		f.st.RollDeg = 1.5
+	}
 	b.startFlying()
 	select {
 	case tm := <-got:
