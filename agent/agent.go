@@ -48,8 +48,9 @@ type Controller interface {
 var _ Controller = (*ctlsock.Client)(nil)
 
 // Archives fetches an image archive sent in chunks over MQTT (manifest
-// transfer "mqtt"). The chunk receiver (package transfer) provides it; a
-// nil Archives makes such updates abort with reason "transfer_unavailable".
+// transfer "mqtt"). By default the agent receives it with package transfer
+// over its own connection (the Messenger must then also implement
+// transfer.Conn, as *mqttc.Client does).
 type Archives interface {
 	Fetch(ctx context.Context, m *mqttapi.Manifest, progress func(done, total int64)) (io.ReadCloser, error)
 }
@@ -175,12 +176,16 @@ func New(o Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return &Agent{
+	a := &Agent{
 		o: o, cfg: cfg, log: o.Logger.With("drone", cfg.Drone), clock: o.Clock, rt: o.Runtime, kr: kr,
 		store: store, topics: dt, fleets: fleets,
 		inbox: make(chan mqttc.Message, 256), wake: make(chan struct{}, 1),
 		clients: map[string]Controller{},
-	}, nil
+	}
+	if a.o.Archives == nil {
+		a.o.Archives = mqttArchives{a}
+	}
+	return a, nil
 }
 
 // Run runs the agent until ctx ends: it recovers from its journal and the

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"github.com/inflight-ota/inflight/ctlsock"
 	"github.com/inflight-ota/inflight/mqttapi"
 	"github.com/inflight-ota/inflight/mqttapi/mqttc"
+	"github.com/inflight-ota/inflight/transfer"
 )
 
 const refV2 = "reg.local/flightctl@sha256:2222222222222222222222222222222222222222222222222222222222222222"
@@ -412,3 +414,34 @@ func TestTelemetryRelayed(t *testing.T) {
 }
 
 var _ = ctlsock.PhaseDone
+
+// An image sent in chunks over MQTT (package transfer) is received, loaded
+// and checked against the pinned digest.
+func TestMQTTTransferUpdate(t *testing.T) {
+	b := newBench(t)
+	archive := bytes.Repeat([]byte("flightctl v2 image "), 400) // ~7.6 kB: several 1 KiB chunks
+	digest, size, err := transfer.Digest(bytes.NewReader(archive))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := b.rt.addImage("load:"+string(archive), "2.0.0", runtime.HostPlatform())
+	b.startFlying()
+	raw := b.manifest("2.0.0", "reg.local/flightctl@"+info.ID, func(m *mqttapi.Manifest) {
+		m.Image.Transfer = mqttapi.TransferMQTT
+		m.Image.Archive = &mqttapi.Archive{Digest: digest, Size: size}
+	})
+	snd, err := transfer.NewSender(transfer.SenderOptions{Conn: b.ground, Drone: b.topics, Archive: bytes.NewReader(archive), Digest: digest, Size: size, ChunkSize: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan error, 1)
+	go func() { _, err := snd.Run(t.Context()); sent <- err }()
+	b.publish(b.topics.Desired, raw, true)
+	e, _ := b.waitPhase(b.serial, mqttapi.PhaseCommitted)
+	if e.Figures == nil || e.Figures.PullBytes != size {
+		t.Errorf("committed %+v figures %+v", e, e.Figures)
+	}
+	if err := <-sent; err != nil {
+		t.Errorf("sender: %v", err)
+	}
+}

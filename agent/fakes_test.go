@@ -186,8 +186,23 @@ func (r *fakeRuntime) Pull(ctx context.Context, ref string, progress func(runtim
 	return info, nil
 }
 
+// Load reads the archive and returns the image registered as
+// "load:<archive bytes>" (the test knows what it sends).
 func (r *fakeRuntime) Load(ctx context.Context, rd io.Reader, progress func(runtime.Progress)) (runtime.ImageInfo, error) {
-	return runtime.ImageInfo{}, fmt.Errorf("fake: load unsupported")
+	b, err := io.ReadAll(rd)
+	if err != nil {
+		return runtime.ImageInfo{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	info, ok := r.images["load:"+string(b)]
+	if !ok {
+		return info, fmt.Errorf("fake: load of %d unknown bytes", len(b))
+	}
+	if progress != nil {
+		progress(runtime.Progress{Phase: "load", Current: int64(len(b)), Total: int64(len(b))})
+	}
+	return info, nil
 }
 
 func (r *fakeRuntime) Inspect(ctx context.Context, ref string) (runtime.ImageInfo, error) {
