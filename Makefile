@@ -8,7 +8,7 @@ GOFLAGS_STATIC := CGO_ENABLED=0
 # linux/arm v6 and v7 are spelled GOARCH=arm GOARM=6|7.
 CROSS     := linux/amd64 linux/arm64 linux/arm/7 linux/arm/6
 
-.PHONY: help build test lint vet fmt cross fuzz bench clean images
+.PHONY: help build test lint vet fmt cross fuzz bench clean images fly
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +41,10 @@ fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 
 bench: ## run the Go benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+FLY_ARGS ?= --scenario hover --duration 30s --json
+fly: build ## fly the bench drone: take off to 2 m, hover 30 s, land; prints the figures (FLY_ARGS to change)
+	$(BIN)/benchsim fly $(FLY_ARGS)
 
 IMAGE_V1 ?= 1.0.0
 IMAGE_V2 ?= 2.0.0
