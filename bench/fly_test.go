@@ -39,6 +39,9 @@ func TestFly(t *testing.T) {
 			o.PlotPath = filepath.Join(p, "flight-"+strconv.Itoa(i+1)+".png")
 			o.TracePath = filepath.Join(p, "flight-"+strconv.Itoa(i+1)+".jsonl")
 		}
+		if os.Getenv("BENCH_LOG") == "1" {
+			o.FlightctlLog = os.Stderr
+		}
 		if a := os.Getenv("BENCH_ARGS"); a != "" {
 			o.FlightctlArgs = strings.Fields(a)
 		}

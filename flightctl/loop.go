@@ -423,7 +423,11 @@ func logEvent(log *slog.Logger, e event) {
 		log.Info("gyro calibrated", at...)
 	}
 	if e.ev&EvMissionStep != 0 {
-		log.Info("mission step", append(at, "step", e.step, "kind", e.stepK.String())...)
+		if e.stepK == StepNone {
+			log.Info("mission complete", at...)
+		} else {
+			log.Info("mission step", append(at, "step", e.step, "kind", e.stepK.String())...)
+		}
 	}
 	if e.writeEr {
 		log.Warn("motor writes failing", at...)
