@@ -542,3 +542,19 @@ func TestParseMission(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkStep(b *testing.B) {
+	p := DefaultParams()
+	var st State
+	in := still(0, 0, [3]float64{})
+	stepN(&st, &p, &in, 500)
+	in.Cmd = Command{Kind: CmdTakeoff}
+	var out Outputs
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		in.Accel[0] = 1e-6 * float64(i&7)
+		in.BaroNew = i%10 == 0
+		Step(&st, &p, &in, &out)
+		in.Cmd = Command{}
+	}
+}
