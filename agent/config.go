@@ -69,6 +69,11 @@ type RuntimeConfig struct {
 	// HandoffProtocol is the handoff protocol version a v2 image must speak
 	// (its org.inflight.handoff.protocol label); default 1.
 	HandoffProtocol int `toml:"handoff_protocol"`
+	// PruneLabels limits the pruning after a commit to controller images
+	// carrying all these labels. Default: every image with an
+	// org.inflight.version label — right on a drone, where the agent owns
+	// the engine; a bench whose engine other programs share narrows it.
+	PruneLabels map[string]string `toml:"prune_labels"`
 }
 
 // ControllerConfig says how controllers are started.

@@ -1015,7 +1015,7 @@ func (a *Agent) prune(ctx context.Context) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, a.cfg.Timeouts.Check)
 	defer cancel()
-	ids, err := a.rt.Prune(dctx, runtime.PruneOptions{Keep: keep})
+	ids, err := a.rt.Prune(dctx, runtime.PruneOptions{Keep: keep, Labels: a.cfg.Runtime.PruneLabels})
 	if err != nil {
 		a.log.Warn("prune images", "err", err)
 		return
