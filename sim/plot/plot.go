@@ -48,8 +48,24 @@ var series = []color.Color{
 	color.RGBA{214, 39, 40, 255},
 }
 
+// Span is a stretch of time shaded across every panel, e.g. the window of an
+// in-air update. The first span of each label gets a legend entry.
+type Span struct {
+	From, To float64 // s, trace time
+	Label    string
+	Color    color.Color // nil: a light yellow
+}
+
+// Options add to what File and Draw show.
+type Options struct {
+	Spans []Span
+}
+
 // File draws tr into path; the extension chooses the format (.svg or .png).
-func File(tr *trace.Trace, path string) error {
+func File(tr *trace.Trace, path string) error { return FileWith(tr, path, Options{}) }
+
+// FileWith is File with options.
+func FileWith(tr *trace.Trace, path string, o Options) error {
 	var c interface {
 		vg.CanvasSizer
 		io.WriterTo
@@ -62,7 +78,7 @@ func File(tr *trace.Trace, path string) error {
 	default:
 		return fmt.Errorf("plot: %s: want a .svg or .png file", path)
 	}
-	if err := Draw(tr, draw.New(c)); err != nil {
+	if err := DrawWith(tr, draw.New(c), o); err != nil {
 		return err
 	}
 	f, err := os.Create(path)
@@ -80,7 +96,10 @@ func File(tr *trace.Trace, path string) error {
 }
 
 // Draw draws tr's three panels onto dc.
-func Draw(tr *trace.Trace, dc draw.Canvas) error {
+func Draw(tr *trace.Trace, dc draw.Canvas) error { return DrawWith(tr, dc, Options{}) }
+
+// DrawWith is Draw with options.
+func DrawWith(tr *trace.Trace, dc draw.Canvas, o Options) error {
 	if len(tr.Samples) == 0 {
 		return fmt.Errorf("plot: the trace has no samples")
 	}
@@ -123,6 +142,9 @@ func Draw(tr *trace.Trace, dc draw.Canvas) error {
 	t0, t1 := tr.Samples[0].T, tr.Samples[len(tr.Samples)-1].T
 	for _, p := range panels {
 		p.X.Min, p.X.Max = t0, t1
+	}
+	if err := shadeSpans(panels, o.Spans, t0, t1); err != nil {
+		return err
 	}
 	if err := markEvents(panels, tr.Events, t0, t1); err != nil {
 		return err
@@ -201,6 +223,40 @@ func markEvents(panels []*plot.Plot, evs []trace.Event, t0, t1 float64) error {
 			if i == 0 && !seen[e.Event] {
 				seen[e.Event] = true
 				p.Legend.Add(e.Event, l)
+			}
+		}
+	}
+	return nil
+}
+
+// shadeSpans draws each span as a translucent band over the data's height
+// in every panel.
+func shadeSpans(panels []*plot.Plot, spans []Span, t0, t1 float64) error {
+	seen := map[string]bool{}
+	for _, sp := range spans {
+		from, to := max(sp.From, t0), min(sp.To, t1)
+		if to <= from {
+			continue
+		}
+		c := sp.Color
+		if c == nil {
+			c = color.NRGBA{255, 200, 0, 60}
+		}
+		for i, p := range panels {
+			lo, hi := p.Y.Min, p.Y.Max
+			if lo == hi {
+				lo, hi = lo-1, hi+1
+			}
+			poly, err := plotter.NewPolygon(plotter.XYs{{X: from, Y: lo}, {X: to, Y: lo}, {X: to, Y: hi}, {X: from, Y: hi}})
+			if err != nil {
+				return fmt.Errorf("plot: %w", err)
+			}
+			poly.Color = c
+			poly.LineStyle.Width = 0
+			p.Add(poly)
+			if i == 0 && sp.Label != "" && !seen[sp.Label] {
+				seen[sp.Label] = true
+				p.Legend.Add(sp.Label, poly)
 			}
 		}
 	}

@@ -57,3 +57,14 @@ func TestRejects(t *testing.T) {
 		t.Fatal("an empty trace was plotted")
 	}
 }
+
+func TestFileWithSpans(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "s.png")
+	o := Options{Spans: []Span{{From: 0.5, To: 1.5, Label: "update"}, {From: 1.5, To: 9, Label: "probation"}, {From: 5, To: 4}}}
+	if err := FileWith(sampleTrace(), p, o); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
+		t.Fatalf("no plot: %v", err)
+	}
+}
