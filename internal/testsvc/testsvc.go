@@ -37,8 +37,13 @@ func Unavailable(t testing.TB, format string, a ...any) {
 //	func TestMain(m *testing.M) { testsvc.Main(m) }
 //
 // Without it a dockerd started by Docker is left running for later runs.
-func Main(m *testing.M) {
+// The cleanups run after the tests, before the daemon is released (e.g. to
+// remove files the whole binary shared).
+func Main(m *testing.M, cleanups ...func()) {
 	code := m.Run()
+	for _, c := range cleanups {
+		c()
+	}
 	if err := stopDocker(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	}
