@@ -683,7 +683,6 @@ func deviation(tr *trace.Trace, at, before, after float64) (attDeg, altM float64
 	return attDeg, altM
 }
 
-
 // keysGenerate returns a signer of a fresh key no drone trusts.
 func keysGenerate() (*keys.Signer, error) {
 	priv, err := keys.Generate(rand.Reader)
