@@ -16,12 +16,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/sys/unix"
 
 	"github.com/inflight-ota/inflight/agent"
 	"github.com/inflight-ota/inflight/agent/runtime"
@@ -222,6 +224,7 @@ type run struct {
 
 	stopDroneFn func() (*trace.Trace, error)
 	stopAgent   func()
+	ground      *groundView
 }
 
 // say prints one step of the story with the wall time since the start.
@@ -451,6 +454,14 @@ func (d *run) main(ctx context.Context, sum *Summary, onExit func(string, func(c
 		return fmt.Errorf("%w: load v1: %v", ErrDemo, err)
 	}
 
+	// The ground's view: the drone's events, telemetry and the update's
+	// timeline.
+	g, err := d.connectGround(ctx, brk.URL())
+	if err != nil {
+		return err
+	}
+	onExit("", func(context.Context) error { g.close(); return nil })
+
 	// The agent, in this process, with v1.
 	if err := d.startAgent(ctx, brk.URL(), v1info.ID, onExit); err != nil {
 		return err
@@ -465,13 +476,6 @@ func (d *run) main(ctx context.Context, sum *Summary, onExit func(string, func(c
 		sum.ControlPeriodMS = r3(v1st.Ticks.PeriodUS / 1000)
 	}
 	d.say("agent: drone %s started v1 cold: %s, version %s, role %s", d.drone, v1name, v1st.Version, v1st.Role)
-
-	// The ground: a watcher for the timeline and the telemetry.
-	g, err := d.connectGround(ctx, brk.URL())
-	if err != nil {
-		return err
-	}
-	onExit("", func(context.Context) error { g.close(); return nil })
 
 	// Take off and hover.
 	sum.Timeline.Takeoff = r3(d.simNow())
@@ -710,7 +714,13 @@ func (d *run) startAgent(ctx context.Context, brokerURL, v1 string, onExit func(
 	cfg.Controller.Args = []string{"--role", "{role}", "--name", "{name}", "--run-dir", "{run_dir}", "--bus", bus}
 	if !d.o.NoRT {
 		cfg.Controller.Args = append(cfg.Controller.Args, "--rt")
-		cfg.Controller.RealTime = true
+		// In a container SCHED_FIFO needs the rtprio limit raised, which
+		// the engine cannot do without CAP_SYS_RESOURCE (seen in nested
+		// sandboxes); flightctl then flies without it and says so.
+		cfg.Controller.RealTime = d.rt.Name() != "docker" || canRaiseRTPrio()
+		if !cfg.Controller.RealTime {
+			d.say("note: this machine cannot raise RLIMIT_RTPRIO (no CAP_SYS_RESOURCE): controllers in containers run without SCHED_FIFO")
+		}
 	}
 	cfg.Policy.Probation = d.o.Probation
 	cfg.Timeouts = agent.TimeoutsConfig{Fetch: 60 * time.Second, Check: 10 * time.Second, Start: 15 * time.Second,
@@ -831,13 +841,15 @@ func (t *tailBuffer) String() string {
 // ground is the demo's own view from the ground: the update's events (for
 // the timeline) and the telemetry (to see what v2 changed).
 type groundView struct {
-	cl *mqttc.Client
+	cl *mqttc.Client // telemetry
+	ev *mqttc.Client // events
 	st *ground.Station
 	d  *run
 
 	mu        sync.Mutex
 	versions  []string                       // controller_version in telemetry order, deduplicated
 	telemetry map[string]map[string]struct{} // keys seen per controller_version
+	agentErr  string
 }
 
 type watched struct {
@@ -867,10 +879,51 @@ func (d *run) connectGround(ctx context.Context, url string) (*groundView, error
 		cl.Close(0)
 		return nil, fmt.Errorf("%w: ground: %v", ErrDemo, err)
 	}
+	// A second connection for the agent's events: paho keeps one handler
+	// per filter and client, and Station.Watch subscribes to them too.
+	cctx2, cancel2 := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel2()
+	ev, err := mqttc.Connect(cctx2, mqttc.Options{Broker: url, ClientID: "inflight-demo-events-" + d.id, Logger: d.log})
+	if err != nil {
+		cl.Close(0)
+		return nil, fmt.Errorf("%w: ground: %v", ErrDemo, err)
+	}
+	g.ev = ev
+	if err := ev.Subscribe(ctx, dt.Events, 1, g.onEvent); err != nil {
+		g.close()
+		return nil, fmt.Errorf("%w: ground: %v", ErrDemo, err)
+	}
+	d.ground = g
 	return g, nil
 }
 
-func (g *groundView) close() { g.cl.Close(100 * time.Millisecond) }
+func (g *groundView) close() {
+	g.cl.Close(100 * time.Millisecond)
+	if g.ev != nil {
+		g.ev.Close(100 * time.Millisecond)
+	}
+}
+
+// onEvent notes a failed start-up of the agent (e.g. v1 would not start),
+// so that the demo stops waiting for v1 at once.
+func (g *groundView) onEvent(m mqttc.Message) {
+	ev, err := mqttapi.DecodeEvent(m.Payload)
+	if err != nil || ev.Kind != agent.KindRecovery || ev.Result != "failed" {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.agentErr == "" {
+		g.agentErr = ev.Error
+	}
+}
+
+// agentFailed is the error of a failed agent start-up, or "".
+func (g *groundView) agentFailed() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.agentErr
+}
 
 func (g *groundView) onTelemetry(m mqttc.Message) {
 	var t map[string]json.RawMessage
@@ -946,3 +999,24 @@ func (g *groundView) telemetryChanges() []string {
 // DefaultV2BuildArgs are the images/build flags that give the v2 image its
 // visible feature.
 var DefaultV2BuildArgs []string
+
+// canRaiseRTPrio reports whether this process (and so, on this machine, the
+// Docker daemon beside it) may set an rtprio limit of 99: the hard limit
+// allows it already, or it holds CAP_SYS_RESOURCE.
+func canRaiseRTPrio() bool {
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_RTPRIO, &rl) == nil && rl.Max >= 99 {
+		return true
+	}
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+		}
+	}
+	return false
+}

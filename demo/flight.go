@@ -56,6 +56,11 @@ func (p pilot) waitFlying(ctx context.Context, within time.Duration) (string, *c
 			return name, st, nil
 		}
 		last = err
+		if g := p.d.ground; g != nil {
+			if e := g.agentFailed(); e != "" {
+				return "", nil, fmt.Errorf("%w: the agent could not start v1: %s", ErrDemo, e)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return "", nil, fmt.Errorf("%w: no controller answered within %v: %v", ErrDemo, within, last)
