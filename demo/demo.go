@@ -328,6 +328,7 @@ func Run(ctx context.Context, o Options) (sum Summary, err error) {
 		if d.logTail != nil && len(d.logTail.lines) > 0 {
 			fmt.Fprintf(o.Stderr, "demo: the last lines the agent and the drone logged:\n%s", d.logTail.String())
 		}
+		d.controllerLogs(context.WithoutCancel(ctx))
 	}
 	return sum, err
 }
@@ -1019,4 +1020,29 @@ func canRaiseRTPrio() bool {
 		}
 	}
 	return false
+}
+
+// controllerLogs prints the last lines of every controller of the run.
+func (d *run) controllerLogs(ctx context.Context) {
+	if d.rt == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cs, err := d.rt.List(ctx, map[string]string{agent.LabelDrone: d.drone})
+	if err != nil {
+		return
+	}
+	for _, c := range cs {
+		rc, err := d.rt.Logs(ctx, c.ID, runtime.LogOptions{Tail: 15})
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(io.LimitReader(rc, 1<<16))
+		rc.Close()
+		fmt.Fprintf(d.o.Stderr, "demo: the last lines of controller %s (%s):\n", c.Name, c.State)
+		for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+			fmt.Fprintf(d.o.Stderr, "  %s\n", l)
+		}
+	}
 }
