@@ -231,7 +231,7 @@ func Fly(ctx context.Context, o FlyOptions) (FlyResult, error) {
 	log.Info("flying", "flightctl", bin, "mission", mission, "run_dir", dir)
 
 	// Watch the flight through the control socket.
-	ctl, err := dialControl(ctx, filepath.Join(dir, flightctl.ControlSocketName), exited)
+	ctl, err := dialControl(ctx, filepath.Join(dir, flightctl.ControlSocketNameOf("flightctl-v1")), exited)
 	if err != nil {
 		return res, fmt.Errorf("%w: %v; flightctl said:\n%s", ErrFlight, err, logBuf.String())
 	}

@@ -28,7 +28,7 @@ func estimate(st *State, p *Params, in *Inputs, dt float64, imuOK, baroOK bool, 
 		if !e.Calibrated {
 			ki = 0
 		}
-		mahony(e, a, w, kp, ki, p.AccGate, g, dt)
+		mahony(e, a, w, kp, ki, p.AccGate, g, dt, p.Schema == SchemaV2)
 
 		// Low-passed, bias-corrected rates for the rate loop.
 		alpha := lowpassAlpha(p.GyroCutoffHz, dt)
@@ -181,6 +181,7 @@ func calibrate(st *State, p *Params, in *Inputs, dt float64, out *Outputs) {
 			e.AccTrim[0], e.AccTrim[1] = acc[0], acc[1]
 			// Start the alignment from the trimmed accelerometer.
 			e.Roll, e.Pitch = 0, 0
+			e.Q = [4]float64{} // schema 2: re-derived from the Euler angles
 		}
 	}
 	if !e.Calibrated {
@@ -197,8 +198,17 @@ func resetCal(e *EstState) {
 // mahony updates the Euler attitude with the corrected body rates w and the
 // accelerometer a (Mahony's explicit complementary filter). The attitude is
 // kept as Euler angles (schema 1) and worked on as a quaternion.
-func mahony(e *EstState, a, w [3]float64, kp, ki, gate, g, dt float64) {
-	q0, q1, q2, q3 := eulerToQuat(e.Roll, e.Pitch, e.Yaw)
+//
+// With quat (schema 2) the filter integrates the quaternion e.Q kept in the
+// state, and the Euler angles are derived from it; a zero e.Q is taken from
+// the Euler angles first.
+func mahony(e *EstState, a, w [3]float64, kp, ki, gate, g, dt float64, quat bool) {
+	var q0, q1, q2, q3 float64
+	if quat && e.Q != ([4]float64{}) {
+		q0, q1, q2, q3 = e.Q[0], e.Q[1], e.Q[2], e.Q[3]
+	} else {
+		q0, q1, q2, q3 = eulerToQuat(e.Roll, e.Pitch, e.Yaw)
+	}
 	an := norm3(a)
 	if an > 0 && math.Abs(an-g) < gate {
 		ax, ay, az := a[0]/an, a[1]/an, a[2]/an
@@ -232,7 +242,11 @@ func mahony(e *EstState, a, w [3]float64, kp, ki, gate, g, dt float64) {
 	if !(m > 0) || math.IsInf(m, 0) {
 		return
 	}
-	e.Roll, e.Pitch, e.Yaw = quatToEuler(n0/m, n1/m, n2/m, n3/m)
+	n0, n1, n2, n3 = n0/m, n1/m, n2/m, n3/m
+	if quat {
+		e.Q = [4]float64{n0, n1, n2, n3}
+	}
+	e.Roll, e.Pitch, e.Yaw = quatToEuler(n0, n1, n2, n3)
 }
 
 func eulerToQuat(roll, pitch, yaw float64) (w, x, y, z float64) {

@@ -42,6 +42,19 @@ type TickObserver interface {
 	ObserveTick(st *State, in *Inputs, out *Outputs)
 }
 
+// TickGate decides, once per tick after the source paced it and before it
+// reads the sensors, whether this controller computes and writes the tick:
+// the handoff's hold on the loop (its state machine runs inside Open). It
+// must not allocate or block.
+type TickGate interface {
+	Open() bool
+}
+
+// ErrIdle is returned by a source's Next for a tick the controller does not
+// compute (its gate is closed: a standby, or v1 after the switch). The loop
+// counts the tick's timing and steps nothing.
+var ErrIdle = errors.New("flightctl: idle tick")
+
 // Clock is the loop's time: monotonic, since an arbitrary origin.
 type Clock interface {
 	Now() time.Duration
@@ -111,6 +124,9 @@ type SensorSource struct {
 	Period time.Duration
 	IMU    IMU        // nil: every read fails (absent chip)
 	Baro   BaroSource // nil: no barometer
+	// Gate, if set, is asked after each wake-up; when it is closed the
+	// sensors are not read and Next returns ErrIdle.
+	Gate TickGate
 
 	next    time.Duration
 	last    time.Duration
@@ -145,6 +161,10 @@ func (s *SensorSource) Next(ctx context.Context, in *Inputs) error {
 	s.next += s.Period
 	if s.next <= now {
 		s.next = now + s.Period - (now-s.next)%s.Period
+	}
+	if s.Gate != nil && !s.Gate.Open() {
+		s.last, s.wake = now, now
+		return ErrIdle
 	}
 	in.Dt = (now - s.last).Seconds()
 	s.last = now
@@ -261,6 +281,10 @@ func (l *Loop) Tick(ctx context.Context) error {
 		break
 	}
 	if err := l.Source.Next(ctx, &l.in); err != nil {
+		if err == ErrIdle {
+			l.idle()
+			return nil
+		}
 		return err
 	}
 	t0 := l.Clock.Now()
@@ -311,6 +335,29 @@ func (l *Loop) Tick(ctx context.Context) error {
 	l.snapRole = l.Role
 	l.snapMu.Unlock()
 	return nil
+}
+
+// idle accounts for a tick the gate kept closed: timing only.
+func (l *Loop) idle() {
+	wake := l.Clock.Now()
+	if ts, ok := l.Source.(TickStarter); ok {
+		wake = ts.TickStart()
+	}
+	if l.in.Cmd.Kind != CmdNone && l.waiter != nil {
+		// Not stepped: nobody applies it (a standby refuses commands).
+		select {
+		case l.waiter <- CmdResult{OK: false, Reason: ReasonBadMode, Tick: l.St.Tick, Mode: l.St.Mode}:
+		default:
+		}
+		l.waiter = nil
+	}
+	l.in.Cmd = Command{}
+	l.snapMu.Lock()
+	l.Stats.Begin(wake)
+	l.Stats.End(0, 0)
+	l.snapSt = l.St
+	l.snapRole = l.Role
+	l.snapMu.Unlock()
 }
 
 // Run ticks until ctx is done or the source fails, with the goroutine locked

@@ -80,6 +80,37 @@ type Params struct {
 	StuckTicks    uint32  // bit-identical IMU samples in a row that count as a failed read
 	BaroFailTicks uint32  // consecutive failed baro reads → land
 	BaroTimeout   float64 // no new baro sample for this long → land, s
+
+	// Version differences (a new controller may bring its own).
+	// Schema is the state schema the controller runs natively: 1 keeps the
+	// attitude as Euler angles, 2 integrates a quaternion (EstState.Q) and
+	// keeps the camera state. 0 means 1.
+	Schema int
+	// CameraFPS, when positive, runs the simulated camera stream at that rate
+	// (schema 2 only; the frame count is part of the state).
+	CameraFPS float64
+}
+
+// StateSchema is the state schema p runs natively (1 or 2).
+func (p *Params) StateSchema() int {
+	if p.Schema == SchemaV2 {
+		return SchemaV2
+	}
+	return SchemaVersion
+}
+
+// ScaleGains multiplies every control gain (attitude, rate, altitude and
+// climb-rate loops) by k: a debug aid that makes a controller diverge from
+// a correct one in the handoff's shadow phase.
+func (p *Params) ScaleGains(k float64) {
+	p.AngleKp *= k
+	p.YawAngleKp *= k
+	p.AltKp *= k
+	for _, g := range []*PIDGains{&p.RateRP, &p.RateYaw, &p.VZ} {
+		g.Kp *= k
+		g.Ki *= k
+		g.Kd *= k
+	}
 }
 
 func deg(d float64) float64 { return d * math.Pi / 180 }

@@ -20,6 +20,7 @@ import (
 	"github.com/inflight-ota/inflight/hw/pca9685"
 	"github.com/inflight-ota/inflight/hw/pwmlock"
 	"github.com/inflight-ota/inflight/hw/simbus"
+	"github.com/inflight-ota/inflight/internal/buildinfo"
 )
 
 // Role is how a controller process starts and what it drives.
@@ -78,10 +79,37 @@ type Options struct {
 	// LandTimeout bounds the landing Run performs when its context ends while
 	// airborne with the authority; default 60 s.
 	LandTimeout time.Duration
+	// Version is the program version label shown in status and the handoff's
+	// HELLO; default the build's version (internal/buildinfo).
+	Version string
+	// StateSchema is the state schema the controller runs natively: 1
+	// (Euler attitude, the default) or 2 (quaternion attitude and the camera
+	// stream). Any other value is only declared in the HELLO (a test of the
+	// handoff's refusal); the controller then runs schema 1.
+	StateSchema int
+	// CameraFPS is the simulated camera's frame rate in schema 2; default 30,
+	// negative for none.
+	CameraFPS float64
+	// GainScale, if not 0 or 1, multiplies every control gain (a debug aid:
+	// a v2 with wrong gains diverges in the handoff's shadow).
+	GainScale float64
+	// Handoff configures the controller's side of a handoff.
+	Handoff HandoffOptions
 	// Setup, if set, runs before the first tick with the loop and the control
 	// server: the handoff installs its roles, observer and commands there.
 	Setup func(ctx context.Context, l *Loop, s *ControlServer) error
+
+	socketName string
 }
+
+// ControlSocketNameOf is the control socket of a controller started with a
+// name: control.<name>.sock (two controllers share the run directory during a
+// handoff).
+func ControlSocketNameOf(name string) string { return "control." + name + ".sock" }
+
+// HandoffSocketNameOf is the handoff socket a standby called name listens
+// on: handoff.<name>.sock.
+func HandoffSocketNameOf(name string) string { return "handoff." + name + ".sock" }
 
 // Errors Run returns.
 var (
@@ -106,8 +134,20 @@ func (o *Options) defaults() error {
 	if o.RTPrio == 0 {
 		o.RTPrio = 50
 	}
+	o.socketName = ControlSocketName
 	if o.Name == "" {
 		o.Name = fmt.Sprintf("flightctl-%d", os.Getpid())
+	} else {
+		o.socketName = ControlSocketNameOf(o.Name)
+	}
+	if o.Version == "" {
+		o.Version = buildinfo.Version
+	}
+	if o.StateSchema == 0 {
+		o.StateSchema = SchemaVersion
+	}
+	if o.CameraFPS == 0 {
+		o.CameraFPS = 30
 	}
 	if o.Params == nil {
 		p := DefaultParams()
@@ -228,13 +268,20 @@ func Run(ctx context.Context, o Options) error {
 	// The BMP280 driver configures normal mode and reads it in its own
 	// goroutine; the tick loop only picks up its latest sample.
 	var baroSrc BaroSource
-	bmp, err := baro.Open(bus, 0, &baro.Opts{NoFilter: true}) // the altitude filter wants noise, not lag
+	var bmp *baro.Baro
+	if cold {
+		bmp, err = baro.Open(bus, 0, &baro.Opts{NoFilter: true}) // the altitude filter wants noise, not lag
+	} else {
+		bmp, err = baro.Attach(bus, 0, nil) // reads only: a takeover never re-initialises a chip
+	}
 	if err != nil {
 		log.Error("barometer absent or failing: arming refused", "chip", "BMP280", "addr", "0x76", "err", err)
 	} else {
 		baroSrc = bmpBaro{bmp}
 		defer func() {
-			if lock.Held() || cold {
+			// Only the holder of the authority at exit (on the ground) puts the
+			// chip to sleep: after a handoff the next controller reads it.
+			if lock.Held() {
 				bmp.Close()
 			} else {
 				bmp.Detach()
@@ -245,6 +292,14 @@ func Run(ctx context.Context, o Options) error {
 	period := time.Duration(float64(time.Second) / o.RateHz)
 	p := *o.Params
 	p.NominalDt = period.Seconds()
+	if o.StateSchema == SchemaV2 {
+		p.Schema = SchemaV2
+		p.CameraFPS = max(0, o.CameraFPS)
+	}
+	if o.GainScale != 0 && o.GainScale != 1 {
+		p.ScaleGains(o.GainScale)
+		log.Warn("debug: control gains scaled", "scale", o.GainScale)
+	}
 	var clk Clock = &NanoClock{Spin: o.Spin}
 	if o.GoSleep {
 		clk = NewMonoClock(o.Spin)
@@ -255,14 +310,38 @@ func Run(ctx context.Context, o Options) error {
 	l.Role = RoleActive
 	if o.Role == RoleStandby {
 		l.Role = RoleStandby
-		l.Sink = NullSink{}
 	}
+	lctx, lcancel := context.WithCancel(ctx)
+	defer lcancel()
+	h, err := newHand(l, lock, o.Handoff, log, o.Version, o.StateSchema, o.RunDir, o.RateHz, lcancel)
+	if err != nil {
+		return err
+	}
+	src.Gate = h
+	l.Obs = h
 	if mission.N > 0 {
 		l.in.Cmd = Command{Kind: CmdMission, Mission: mission}
 	}
 
 	srv := NewControlServer(log)
 	RegisterFlightCommands(srv, l, o.Name)
+	h.register(srv)
+	srv.Handle("status", func(ctx context.Context, req *Request) (any, error) {
+		var snap Snapshot
+		l.Snapshot(&snap)
+		s := StatusOf(&snap, &l.P, o.Name)
+		s.Version, s.Schema = o.Version, o.StateSchema
+		held := lock.Held()
+		s.Authority = &held
+		s.Phase = s.Mode
+		if l.P.Schema == SchemaV2 && l.P.CameraFPS > 0 {
+			s.Camera = &CameraStatus{FPS: l.P.CameraFPS, Frames: snap.State.Cam.Frames}
+		}
+		if p, ok := h.progress(); ok {
+			s.Handoff = p.Phase.String()
+		}
+		return s, nil
+	})
 	if o.Setup != nil {
 		if err := o.Setup(ctx, l, srv); err != nil {
 			return err
@@ -277,13 +356,34 @@ func Run(ctx context.Context, o Options) error {
 	go func() { defer wg.Done(); l.logEvents(hctx, log) }()
 	go func() {
 		defer wg.Done()
-		if err := srv.Serve(hctx, filepath.Join(o.RunDir, ControlSocketName)); err != nil {
+		if err := srv.Serve(hctx, filepath.Join(o.RunDir, o.socketName)); err != nil {
 			log.Error("control socket", "err", err)
 		}
 	}()
+	if o.Role == RoleActive {
+		// Attached warm: fly as soon as the authority is free (nobody hands
+		// it over: this is a start beside a dying controller).
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := lock.Acquire(hctx); err == nil {
+				log.Info("PWM authority taken")
+			}
+		}()
+	}
+	if o.Role == RoleStandby {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := h.listen(hctx, filepath.Join(o.RunDir, HandoffSocketNameOf(o.Name))); err != nil {
+				log.Error("handoff socket", "err", err)
+				lcancel()
+			}
+		}()
+	}
 
 	log.Info("flightctl running", "role", o.Role.String(), "bus", o.Bus, "rate_hz", o.RateHz, "run_dir", o.RunDir,
-		"mission", mission.String(), "schema", SchemaVersion, "authority", lock.Held())
+		"mission", mission.String(), "schema", o.StateSchema, "version", o.Version, "authority", lock.Held())
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -291,7 +391,7 @@ func Run(ctx context.Context, o Options) error {
 		if o.RT {
 			realtime(log, o.RTPrio)
 		}
-		errc <- l.loopUntilDone(ctx, o.LandTimeout, log)
+		errc <- l.loopUntilDone(lctx, o.LandTimeout, log)
 	}()
 	err = <-errc
 	// On the ground (or landed): disarmed pulses, then release.

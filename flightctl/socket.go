@@ -222,6 +222,23 @@ type Status struct {
 	MissionDone    bool       `json:"mission_done"`
 	BatteryV       *float64   `json:"battery_v"` // no sensor yet: always null
 	Ticks          Summary    `json:"ticks"`
+
+	// For the agent (docs/agent.md): holds the PWM authority now; the flight
+	// phase its switch policy looks at (the mode); the battery charge
+	// (no sensor yet: absent).
+	Authority  *bool    `json:"authority,omitempty"`
+	Phase      string   `json:"phase,omitempty"`
+	BatteryPct *float64 `json:"battery_pct,omitempty"`
+	// Camera is the simulated camera stream (schema 2 controllers).
+	Camera *CameraStatus `json:"camera,omitempty"`
+	// Handoff is the phase of the running or last handoff, if any.
+	Handoff string `json:"handoff,omitempty"`
+}
+
+// CameraStatus is the camera stream in status.
+type CameraStatus struct {
+	FPS    float64 `json:"fps"`
+	Frames uint64  `json:"frames"`
 }
 
 func r3(v float64) float64 {

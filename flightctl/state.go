@@ -13,6 +13,15 @@ import (
 // version with the handoff (see docs/flightctl.md, "State schema").
 const SchemaVersion = 1
 
+// SchemaV2 is the second state schema: the attitude is encoded as a unit
+// quaternion (EstState.Q) instead of Euler angles, and the camera's state
+// (CamState) is added. A controller runs one schema natively (Params.Schema);
+// RegisterMigrations converts between them.
+const SchemaV2 = 2
+
+// Schemas lists the state schemas this package encodes.
+var Schemas = []int{SchemaVersion, SchemaV2}
+
 // State is everything the controller remembers between ticks. Step reads and
 // writes nothing else, so copying a State into another process (AppendState,
 // DecodeState) lets that process continue the flight on the next tick.
@@ -31,11 +40,25 @@ type State struct {
 	Health  HealthState
 	Mission MissionState
 	Last    LastOut
+	Cam     CamState // schema 2 only
+}
+
+// CamState is the simulated camera stream's state (schema 2; a schema-1
+// encoding drops it). The camera is a small feature v2 brings that the
+// ground can see: frames counted at Params.CameraFPS while the controller runs.
+type CamState struct {
+	Frames uint64  // frames produced so far
+	Acc    float64 // time since the last frame, s
 }
 
 // EstState is the estimator's state.
 type EstState struct {
-	Roll, Pitch, Yaw float64    // attitude, rad (ZYX Euler, body FLU to world ENU)
+	Roll, Pitch, Yaw float64 // attitude, rad (ZYX Euler, body FLU to world ENU)
+	// Q is the attitude as a unit quaternion (w, x, y, z), the native
+	// attitude of schema 2 (Params.Schema 2): the filter integrates it and
+	// derives the Euler angles from it. Zero means "take it from the Euler
+	// angles". Schema 1 neither uses nor encodes it.
+	Q                [4]float64
 	GyroBias         [3]float64 // rad/s (calibration at rest, then refined in flight)
 	AccTrim          [3]float64 // accelerometer trim subtracted from every sample, m/s²
 	Rate             [3]float64 // bias-corrected, low-passed body rates for the rate loop, rad/s
@@ -135,17 +158,37 @@ var (
 
 // AppendState appends the schema-1 encoding of s to b. It allocates only if b
 // lacks capacity.
-func AppendState(b []byte, s *State) []byte {
+func AppendState(b []byte, s *State) []byte { return AppendStateSchema(b, s, SchemaVersion) }
+
+// AppendStateSchema appends the encoding of s in schema (1 or 2) to b. For
+// schema 2 a zero Q is taken from the Euler angles. It panics on another
+// schema (a programming error).
+func AppendStateSchema(b []byte, s *State, schema int) []byte {
+	n := statePayloadLenOf(schema)
+	if n < 0 {
+		panic(fmt.Sprintf("flightctl: no state schema %d", schema))
+	}
+	if schema == SchemaV2 && s.Est.Q == ([4]float64{}) {
+		t := *s
+		t.Est.Q = quatOf(&t.Est)
+		s = &t
+	}
 	start := len(b)
 	var h [stateHeaderLen]byte
 	copy(h[:], stateMagic[:])
-	binary.LittleEndian.PutUint16(h[4:], SchemaVersion)
-	binary.LittleEndian.PutUint32(h[8:], uint32(statePayloadLen()))
+	binary.LittleEndian.PutUint16(h[4:], uint16(schema))
+	binary.LittleEndian.PutUint32(h[8:], uint32(n))
 	b = append(b, h[:]...)
 	e := encoder{b: b}
-	walkState(&e, s)
+	walkState(&e, s, schema)
 	b = e.b
 	return binary.LittleEndian.AppendUint32(b, crc32.ChecksumIEEE(b[start:]))
+}
+
+// quatOf is the quaternion of the Euler angles of e.
+func quatOf(e *EstState) [4]float64 {
+	w, x, y, z := eulerToQuat(e.Roll, e.Pitch, e.Yaw)
+	return [4]float64{w, x, y, z}
 }
 
 // StateSchema returns the schema version of an encoded State, for a migration
@@ -158,15 +201,21 @@ func StateSchema(b []byte) (uint16, error) {
 }
 
 // DecodeState decodes a schema-1 State. On error s is left unchanged.
-func DecodeState(b []byte, s *State) error {
+func DecodeState(b []byte, s *State) error { return DecodeStateSchema(b, s, SchemaVersion) }
+
+// DecodeStateSchema decodes a State encoded in schema (1 or 2); an encoding
+// of another schema is refused (ErrSchema): migrate it first. Decoding
+// schema 2 derives the Euler angles from the quaternion; decoding schema 1
+// leaves Q zero. On error s is left unchanged.
+func DecodeStateSchema(b []byte, s *State, schema int) error {
 	v, err := StateSchema(b)
 	if err != nil {
 		return err
 	}
-	if v != SchemaVersion {
-		return fmt.Errorf("flightctl: state schema %d, this controller reads %d: %w", v, SchemaVersion, ErrSchema)
+	n := statePayloadLenOf(int(v))
+	if int(v) != schema || n < 0 {
+		return fmt.Errorf("flightctl: state schema %d, want %d: %w", v, schema, ErrSchema)
 	}
-	n := statePayloadLen()
 	if binary.LittleEndian.Uint16(b[6:]) != 0 || int(binary.LittleEndian.Uint32(b[8:])) != n || len(b) != stateHeaderLen+n+4 {
 		return fmt.Errorf("flightctl: state of %d bytes, want %d: %w", len(b), stateHeaderLen+n+4, ErrMalformed)
 	}
@@ -175,9 +224,17 @@ func DecodeState(b []byte, s *State) error {
 	}
 	var t State
 	d := decoder{b: b[stateHeaderLen : stateHeaderLen+n]}
-	walkState(&d, &t)
+	walkState(&d, &t, schema)
 	if d.bad {
 		return fmt.Errorf("flightctl: state field: %w", ErrMalformed)
+	}
+	if schema == SchemaV2 {
+		q := &t.Est.Q
+		m := math.Sqrt(q[0]*q[0] + q[1]*q[1] + q[2]*q[2] + q[3]*q[3])
+		if !(math.Abs(m-1) < 1e-6) {
+			return fmt.Errorf("flightctl: state quaternion of norm %g: %w", m, ErrMalformed)
+		}
+		t.Est.Roll, t.Est.Pitch, t.Est.Yaw = quatToEuler(q[0], q[1], q[2], q[3])
 	}
 	if err := t.validate(); err != nil {
 		return err
@@ -208,7 +265,7 @@ type coder interface {
 	flag(*bool)
 }
 
-func walkState[C coder](c C, s *State) {
+func walkState[C coder](c C, s *State, schema int) {
 	c.u64(&s.Tick)
 	c.f64(&s.Time)
 	c.u8((*uint8)(&s.Mode))
@@ -217,9 +274,13 @@ func walkState[C coder](c C, s *State) {
 	c.flag(&s.Airborne)
 
 	e := &s.Est
-	c.f64(&e.Roll)
-	c.f64(&e.Pitch)
-	c.f64(&e.Yaw)
+	if schema == SchemaV2 {
+		vec(c, e.Q[:])
+	} else {
+		c.f64(&e.Roll)
+		c.f64(&e.Pitch)
+		c.f64(&e.Yaw)
+	}
 	vec(c, e.GyroBias[:])
 	vec(c, e.AccTrim[:])
 	vec(c, e.Rate[:])
@@ -279,6 +340,11 @@ func walkState[C coder](c C, s *State) {
 
 	vec(c, s.Last.Motor[:])
 	c.u16((*uint16)(&s.Last.Flags))
+
+	if schema == SchemaV2 {
+		c.u64(&s.Cam.Frames)
+		c.f64(&s.Cam.Acc)
+	}
 }
 
 func vec[C coder](c C, v []float64) {
@@ -310,13 +376,34 @@ func (z *sizer) u16(*uint16)  { z.n += 2 }
 func (z *sizer) u8(*uint8)    { z.n++ }
 func (z *sizer) flag(*bool)   { z.n++ }
 
-var stateLen = func() int {
-	var z sizer
-	walkState(&z, &State{})
-	return z.n
+var stateLen = func() [3]int {
+	var r [3]int
+	for _, v := range []int{SchemaVersion, SchemaV2} {
+		var z sizer
+		walkState(&z, &State{}, v)
+		r[v] = z.n
+	}
+	return r
 }()
 
-func statePayloadLen() int { return stateLen }
+func statePayloadLen() int { return stateLen[SchemaVersion] }
+
+// statePayloadLenOf is the payload length of schema, or -1 for an unknown one.
+func statePayloadLenOf(schema int) int {
+	if schema != SchemaVersion && schema != SchemaV2 {
+		return -1
+	}
+	return stateLen[schema]
+}
+
+// StateSizeOf is the encoded size of a State in schema, or -1.
+func StateSizeOf(schema int) int {
+	n := statePayloadLenOf(schema)
+	if n < 0 {
+		return -1
+	}
+	return stateHeaderLen + n + 4
+}
 
 type encoder struct{ b []byte }
 

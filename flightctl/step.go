@@ -71,6 +71,18 @@ func Step(st *State, p *Params, in *Inputs, out *Outputs) {
 		out.Events |= EvMode
 	}
 	st.Last = LastOut{Motor: u, Flags: out.Flags}
+	if p.CameraFPS > 0 && p.Schema == SchemaV2 {
+		camera(&st.Cam, 1/p.CameraFPS, dt)
+	}
+}
+
+// camera advances the simulated camera stream by dt: a frame every period.
+func camera(c *CamState, period, dt float64) {
+	c.Acc += dt
+	for c.Acc >= period {
+		c.Acc -= period
+		c.Frames++
+	}
 }
 
 // health classifies this tick's samples. An IMU sample is unusable if the

@@ -66,6 +66,7 @@ type Conn struct {
 	wseq     uint32
 	sent     atomic.Uint64
 	wfail    atomic.Uint64
+	corrupt  atomic.Uint32 // debug: flip a byte of the frame with this sequence number
 
 	// receive ring: the reader fills slot head%RingSlots and then advances
 	// head; Poll decodes slot tail%RingSlots, and frees it (advances tail) on
@@ -106,6 +107,12 @@ func newConn(uc *net.UnixConn) *Conn {
 	go c.reader()
 	return c
 }
+
+// CorruptFrame is a fault injection for tests and the bench: the frame this
+// Conn sends with sequence number seq (counting from 1) goes out with one
+// byte flipped, so that the peer's decoder refuses it (a CRC mismatch).
+// Zero turns it off. Safe from any goroutine.
+func (c *Conn) CorruptFrame(seq uint32) { c.corrupt.Store(seq) }
 
 // Dial connects to the handoff socket at path.
 func Dial(path string) (*Conn, error) {
@@ -194,6 +201,9 @@ func (c *Conn) Send(f *Frame) error {
 	if len(b) > MaxPacket {
 		c.wfail.Add(1)
 		return fmt.Errorf("handoff: send %v of %d bytes: %w", f.Type, len(b), ErrTooLarge)
+	}
+	if n := c.corrupt.Load(); n != 0 && n == f.Seq {
+		b[len(b)-1] ^= 0x5a // the CRC (or the payload's last byte) no longer matches
 	}
 	c.wpending, c.wwait, c.werr = b, false, nil
 	err := c.rc.Write(c.rawWrite)

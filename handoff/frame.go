@@ -491,3 +491,28 @@ func (n Names) Strings() []string {
 		n = rest
 	}
 }
+
+// MarshalText names the sides in JSON reports: "v1" (active, outgoing) and
+// "v2" (standby, incoming).
+func (r Role) MarshalText() ([]byte, error) {
+	switch r {
+	case RoleActive:
+		return []byte("v1"), nil
+	case RoleStandby:
+		return []byte("v2"), nil
+	}
+	return []byte(r.String()), nil
+}
+
+// UnmarshalText reads "v1" or "v2" (or "active", "standby").
+func (r *Role) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "v1", "active":
+		*r = RoleActive
+	case "v2", "standby":
+		*r = RoleStandby
+	default:
+		return fmt.Errorf("handoff: unknown role %q", b)
+	}
+	return nil
+}

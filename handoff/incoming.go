@@ -35,6 +35,14 @@ type IncomingConfig struct {
 	// unit; NaN counts as out of tolerance).
 	Divergence func(mine, theirs []byte) float64
 	Tolerance  float64
+	// Failover lets v2 take over when v1's connection ends without ABORT or
+	// BYE (v1 crashed) while v2 shadows with its last tick within tolerance:
+	// v2 then tries Acquire(false) for up to Timeouts.Ack ticks (the kernel
+	// frees a dead v1's lock; a live v1 keeps it, and v2 aborts) and flies on
+	// from the next tick. Without it a standby never takes the authority
+	// without a SWITCH (and a v1 crash before the switch leaves no
+	// controller).
+	Failover bool
 
 	Timeouts Timeouts
 	// WriteTimeout bounds each send (default DefaultWriteTimeout).
@@ -79,6 +87,7 @@ type Incoming struct {
 	acqTries   int
 	pendingAck bool
 	nextWrite  uint64
+	failover   bool // taking over from a v1 that died before the switch
 }
 
 // NewIncoming returns v2's state machine over conn (usually from
@@ -202,6 +211,11 @@ func (in *Incoming) Wrote(tick uint64, inputs, outputs []byte) {
 		return
 	}
 	in.nextWrite++
+	if in.failover {
+		in.pendingAck = false
+		in.rep.AckDelay = in.now().Sub(in.switchAt)
+		return
+	}
 	if in.pendingAck {
 		in.pendingAck = false
 		in.rep.AckTicks = in.acqTries
@@ -217,6 +231,15 @@ func (in *Incoming) Wrote(tick uint64, inputs, outputs []byte) {
 }
 
 func (in *Incoming) receive() {
+	if in.failover {
+		if in.rep.Phase == PhaseActive && in.writing && !in.pendingAck {
+			in.rep.Code = CodePeerLost
+			in.enter(PhaseCommitted)
+			in.conn.Close()
+			in.log.Warn("handoff: failover complete, flying on", "tick", in.nextWrite-1)
+		}
+		return
+	}
 	for i := 0; i < RingSlots; i++ {
 		ok, err := in.conn.Poll(&in.rx)
 		if err != nil {
@@ -243,6 +266,20 @@ func (in *Incoming) receive() {
 // stops (it never takes the authority without a SWITCH); after it, v1 is gone
 // and v2, holding the authority, flies on.
 func (in *Incoming) peerLost(detail string) {
+	if in.cfg.Failover && in.rep.Phase == PhaseShadow && in.within > 0 && !in.switching {
+		in.rep.PeerLost = true
+		in.rep.Detail = "v1 gone while shadowing, failover: " + detail
+		in.switching = true
+		in.failover = true
+		in.switchT = in.lastTick + 1
+		in.rep.SwitchTick = in.switchT
+		in.switchAt = in.now()
+		in.acqTries = 0
+		in.enter(PhaseSwitch)
+		in.log.Warn("handoff: v1 gone while shadowing: failover", "tick", in.switchT, "detail", detail)
+		in.tryAcquire()
+		return
+	}
 	if in.rep.Phase == PhaseActive && in.writing {
 		in.rep.PeerLost = true
 		in.rep.Code = CodePeerLost

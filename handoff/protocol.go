@@ -301,3 +301,25 @@ func (r Report) at(t time.Time) Report {
 	}
 	return r
 }
+
+// UnmarshalText reads a phase's name (a report read back from JSON).
+func (p *Phase) UnmarshalText(b []byte) error {
+	for q := PhaseIdle; q < numPhases; q++ {
+		if q.String() == string(b) {
+			*p = q
+			return nil
+		}
+	}
+	return fmt.Errorf("handoff: unknown phase %q", b)
+}
+
+// UnmarshalText reads a reason code's name.
+func (c *Code) UnmarshalText(b []byte) error {
+	for i, n := range codeNames {
+		if n == string(b) {
+			*c = Code(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("handoff: unknown reason code %q", b)
+}

@@ -41,6 +41,11 @@ type Options struct {
 	// clock started by New.
 	Clock  func() time.Duration
 	Logger *slog.Logger
+
+	// OnPWM, if set, is called for every PWM write with the writer's name
+	// and the drone's time (the bench's per-write figures). It runs under the
+	// drone's lock: it must be quick and must not call the Drone.
+	OnPWM func(client string, t time.Duration)
 }
 
 // Drone is the simulated quadcopter and its bus.
@@ -516,6 +521,9 @@ func (d *Drone) recordPWM(c *Client, now time.Duration) {
 			d.sum.Handovers = append(d.sum.Handovers, h)
 			d.event(trace.Event{T: h.T, Event: trace.EventWriterSwitch, Client: c.name, ClientID: c.ID, Other: h.From, GapMS: h.GapMS})
 		}
+	}
+	if d.opts.OnPWM != nil {
+		d.opts.OnPWM(c.name, now)
 	}
 	d.haveWrite = true
 	d.last = pwmWrite{id: c.ID, t: now}

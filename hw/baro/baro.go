@@ -129,6 +129,8 @@ type Baro struct {
 	last    Reading
 	stopped bool
 	first   chan struct{} // closed at the first kept reading
+
+	attached bool // Attach: reads only; Close never writes
 }
 
 // Open initialises the BMP280 at addr (0 means DefaultAddr) through bmxx80
@@ -233,8 +235,8 @@ func (b *Baro) Opts() Opts { return b.o }
 
 // Detach stops using the chip without writing to it, for a controller that
 // hands the drone over: another controller may be reading the same chip.
-// bmxx80's goroutine stays blocked, with no bus traffic, until the process
-// exits.
+// After Open, bmxx80's goroutine stays blocked, with no bus traffic, until
+// the process exits; after Attach the polling goroutine ends.
 func (b *Baro) Detach() {
 	b.stopOnce()
 	<-b.done
@@ -249,6 +251,10 @@ func (b *Baro) Detach() {
 // window it never returns. Close therefore gives Halt HaltTimeout and then
 // returns an error instead of hanging (leaving that goroutine behind).
 func (b *Baro) Close() error {
+	if b.attached {
+		b.Detach()
+		return nil
+	}
 	halted := make(chan error, 1)
 	go func() { halted <- b.dev.Halt() }()
 	t := time.NewTimer(HaltTimeout)

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/inflight-ota/inflight/bench"
@@ -31,14 +34,27 @@ The exit code is 0 when every flight landed without a crash, 1 otherwise.
 flightctl is taken from --flightctl, else from beside benchsim, else built
 with 'go build' (run inside the module then).
 
+With --scenario handoff it hovers and hands the flight over to a new
+flightctl process --handoffs times in a row (schemas 1 and 2 alternating),
+then lands; --fault injects a fault into the first handoff. The last line is
+one JSON object (docs/bench.md, "The handoff scenario"):
+{"handoffs_ok":…,"handoffs_aborted":…,"rollbacks":…,"crashed":…,"switch_gap_max_ms":…,
+ "switch_gap_p50_ms":…,"missed_ticks":…,"baseline_missed_ticks":…,"max_att_dev_deg":…,…}
+
 Examples:
   benchsim fly --scenario hover --duration 30s --json
+  benchsim fly --scenario handoff --handoffs 20 --json
+  benchsim fly --scenario handoff --fault v2-stall --json
   benchsim fly --gusts --trace flight.jsonl --plot flight.png
   benchsim fly --repeat 10 --json`
 
 func fly(ctx context.Context, env *Env, args []string) error {
 	fs := newFlags(env, "fly", "[flags]", flyAbout)
-	scenario := fs.String("scenario", "hover", "what to fly: hover")
+	scenario := fs.String("scenario", "hover", "what to fly: hover, or handoff (hand the flight over --handoffs times while hovering)")
+	handoffs := fs.Int("handoffs", 1, "handoff scenario: handoffs in a row")
+	fault := fs.String("fault", "", "handoff scenario: inject a fault into the first handoff: "+strings.Join(bench.Faults, ", "))
+	faultPhase := fs.String("fault-phase", "", "handoff scenario: phase[:ticks] for v1-die/v2-die/v2-stall (default v1 shadow:10, v2 active:200)")
+	probation := fs.Duration("probation", time.Second, "handoff scenario: probation of each handoff")
 	duration := fs.Duration("duration", 30*time.Second, "how long to hover")
 	alt := fs.Float64("alt", 2, "take-off altitude, m")
 	gusts := fs.Bool("gusts", false, "enable the seeded wind-gust model")
@@ -60,8 +76,38 @@ func fly(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintf(env.Stderr, "benchsim fly: unexpected argument %q\n", pos[0])
 		return ErrUsage
 	}
+	if *scenario == "handoff" {
+		if *fault != "" && !slices.Contains(bench.Faults, *fault) {
+			fmt.Fprintf(env.Stderr, "benchsim fly: unknown fault %q (%s)\n", *fault, strings.Join(bench.Faults, ", "))
+			return ErrUsage
+		}
+		log := slog.New(slog.DiscardHandler)
+		if *verbose {
+			log = slog.New(slog.NewTextHandler(env.Stderr, nil))
+		}
+		res, err := bench.FlyHandoffs(ctx, bench.HandoffOptions{
+			Handoffs: *handoffs, AltM: *alt, Gusts: *gusts, NoNoise: *noise == "none", Seed: *seed, RateHz: *rate,
+			NoRT: *noRT, Fault: *fault, FaultPhase: *faultPhase, Probation: *probation, TracePath: *tracePath,
+			Flightctl: *flightctl, Logger: log, FlightctlLog: flightctlLog(env, *verbose),
+		})
+		if err != nil {
+			return err
+		}
+		if *fault != "" && len(res.Each) > 0 {
+			e := res.Each[0]
+			res.FaultResult = e.Result
+			if e.Code != "" && e.Code != "none" {
+				res.FaultResult += " (" + e.Code + ": " + e.Detail + ")"
+			}
+		}
+		printHandoff(env, res, *asJSON)
+		if res.Crashed || res.TwoWriterEvents > 0 {
+			return errFlightFailed
+		}
+		return nil
+	}
 	if *scenario != "hover" {
-		fmt.Fprintf(env.Stderr, "benchsim fly: unknown scenario %q (hover)\n", *scenario)
+		fmt.Fprintf(env.Stderr, "benchsim fly: unknown scenario %q (hover, handoff)\n", *scenario)
 		return ErrUsage
 	}
 	if *noise != "default" && *noise != "none" {
@@ -160,4 +206,36 @@ func (s *flySummary) add(r bench.FlyResult) {
 	}
 	s.TwoWriterEvents += r.TwoWriterEvents
 	s.ReinitEvents += r.ReinitEvents
+}
+
+func printHandoff(env *Env, res bench.HandoffResult, asJSON bool) {
+	for i, e := range res.Each {
+		if asJSON {
+			b, _ := json.Marshal(e)
+			fmt.Fprintf(env.Stdout, "%s\n", b)
+			continue
+		}
+		fmt.Fprintf(env.Stdout, "handoff %d %s→%s (schema %s): %s %s; switch gap %.3f ms (controllers %.3f ms), missed %d, att dev %.3f°, alt dev %.4f m, divergence %.3g µs\n",
+			i+1, e.From, e.To, e.Schemas, e.Result, e.Detail, e.SwitchGapMS, e.CtlGapMS, e.MissedTicks, e.MaxAttDevDeg, e.MaxAltDevM, e.MaxDivergence)
+	}
+	if asJSON {
+		each := res.Each
+		res.Each = nil
+		b, _ := json.Marshal(res)
+		res.Each = each
+		fmt.Fprintln(env.Stdout, string(b))
+		return
+	}
+	fmt.Fprintf(env.Stdout, "%s%s: %d ok, %d aborted, %d rolled back, crashed=%v; switch gap max %.3f ms p50 %.3f ms; missed %d/%d (%.3f %%) vs baseline %d/%d (%.3f %%); two writers %d, reinit %d; max att dev %.3f°, max alt dev %.4f m\n",
+		res.Scenario, map[bool]string{true: " " + res.Strategy, false: ""}[res.Strategy != ""], res.HandoffsOK, res.HandoffsAborted, res.Rollbacks, res.Crashed,
+		res.SwitchGapMaxMS, res.SwitchGapP50MS, res.MissedTicks, res.WindowIntervals, res.MissedPct,
+		res.BaselineMissedTicks, res.BaselineIntervals, res.BaselineMissedPct, res.TwoWriterEvents, res.ReinitEvents, res.MaxAttDevDeg, res.MaxAltDevM)
+}
+
+// flightctlLog is where the controllers' logs go: stderr with -v.
+func flightctlLog(env *Env, verbose bool) io.Writer {
+	if verbose {
+		return env.Stderr
+	}
+	return nil
 }

@@ -1,0 +1,122 @@
+package flightctl
+
+import (
+	"fmt"
+	"math"
+	"unsafe"
+)
+
+// The handoff forwards each tick's Inputs and Outputs between the two
+// controllers (TICK frames). Their encodings are fixed-size, little endian,
+// in the field order of walkInputs and walkOutputs; they carry no header:
+// the handoff frame around them is versioned and checksummed.
+
+// InputsSize and OutputsSize are the encoded sizes.
+var (
+	InputsSize  = func() int { var z sizer; walkInputs(&z, &Inputs{}); return z.n }()
+	OutputsSize = func() int { var z sizer; walkOutputs(&z, &Outputs{}); return z.n }()
+)
+
+// AppendInputs appends the encoding of in to b (allocation-free when b has
+// room).
+func AppendInputs(b []byte, in *Inputs) []byte {
+	e := encoder{b: b}
+	walkInputs(&e, in)
+	return e.b
+}
+
+// DecodeInputs decodes Inputs; on error in is left unchanged. It allocates
+// nothing.
+func DecodeInputs(b []byte, in *Inputs) error {
+	if len(b) != InputsSize {
+		return fmt.Errorf("flightctl: inputs of %d bytes, want %d: %w", len(b), InputsSize, ErrMalformed)
+	}
+	var t Inputs
+	d := decoder{b: b}
+	walkInputs(&d, &t)
+	if d.bad || t.Cmd.Kind >= numCmds || !t.Cmd.Mission.valid() {
+		return errInputs
+	}
+	*in = t
+	return nil
+}
+
+// AppendOutputs appends the encoding of out to b.
+func AppendOutputs(b []byte, out *Outputs) []byte {
+	e := encoder{b: b}
+	walkOutputs(&e, out)
+	return e.b
+}
+
+// DecodeOutputs decodes Outputs; on error out is left unchanged.
+func DecodeOutputs(b []byte, out *Outputs) error {
+	if len(b) != OutputsSize {
+		return errOutputs
+	}
+	var t Outputs
+	d := decoder{b: b}
+	walkOutputs(&d, &t)
+	if d.bad || t.Mode >= numModes || t.Reason >= numReasons {
+		return errOutputs
+	}
+	*out = t
+	return nil
+}
+
+// Preallocated so that the per-tick path never formats an error.
+var (
+	errInputs  = fmt.Errorf("flightctl: inputs: %w", ErrMalformed)
+	errOutputs = fmt.Errorf("flightctl: outputs: %w", ErrMalformed)
+)
+
+// PulseDivergence is the largest difference between two encoded outputs'
+// ESC pulses, µs (+Inf when either is too short): the handoff's shadow
+// divergence. Bytes after the encoded Outputs (the write time the
+// controllers append) are ignored.
+func PulseDivergence(mine, theirs []byte) float64 {
+	if len(mine) < OutputsSize || len(theirs) < OutputsSize {
+		return math.Inf(1)
+	}
+	// PulseUS comes first: four float64s.
+	var m float64
+	for i := 0; i < 4; i++ {
+		var a, b float64
+		da, db := decoder{b: mine[8*i : 8*i+8]}, decoder{b: theirs[8*i : 8*i+8]}
+		da.f64(&a)
+		db.f64(&b)
+		d := math.Abs(a - b)
+		if !(d <= m) { // NaN wins
+			m = d
+		}
+	}
+	return m
+}
+
+func walkInputs[C coder](c C, in *Inputs) {
+	c.f64(&in.Dt)
+	c.u64(unsafeI64(&in.TimeNs))
+	vec(c, in.Accel[:])
+	vec(c, in.Gyro[:])
+	c.flag(&in.IMUErr)
+	c.f64(&in.BaroPa)
+	c.f64(&in.BaroC)
+	c.flag(&in.BaroNew)
+	c.flag(&in.BaroErr)
+	c.u8((*uint8)(&in.Cmd.Kind))
+	c.flag(&in.Cmd.Force)
+	c.f64(&in.Cmd.Alt)
+	mission(c, &in.Cmd.Mission)
+}
+
+func walkOutputs[C coder](c C, out *Outputs) {
+	vec(c, out.PulseUS[:])
+	vec(c, out.Motor[:])
+	c.u8((*uint8)(&out.Mode))
+	c.u16((*uint16)(&out.Flags))
+	c.u16((*uint16)(&out.Events))
+	c.u8((*uint8)(&out.Reason))
+	c.flag(&out.CmdOK)
+}
+
+// unsafeI64 views an int64 as a uint64 (same size and layout).
+func unsafeI64(v *int64) *uint64 { return (*uint64)(unsafe.Pointer(v)) }
