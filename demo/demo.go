@@ -583,7 +583,8 @@ func (d *run) main(ctx context.Context, sum *Summary, onExit func(string, func(c
 	} else if committed < 0 {
 		prob = window{sum.Timeline.Switch, ended} // rolled back
 	}
-	if err := drawPlot(tr, o.PlotPath, upd, prob); err != nil {
+	title := fmt.Sprintf("inflight demo: in-air update %s → %s, %s runtime, %s", sum.FromVersion, sum.ToVersion, sum.Runtime, strings.ToUpper(sum.Result))
+	if err := drawPlot(tr, o.PlotPath, title, upd, prob); err != nil {
 		return fmt.Errorf("%w: %v", ErrDemo, err)
 	}
 	if abs, err := filepath.Abs(o.PlotPath); err == nil {

@@ -78,7 +78,7 @@ func firstEvent(tr *trace.Trace, kind, client string, after float64) (float64, *
 }
 
 // drawPlot draws the whole flight with the update window shaded.
-func drawPlot(tr *trace.Trace, path string, update, probation window) error {
+func drawPlot(tr *trace.Trace, path, title string, update, probation window) error {
 	var spans []plot.Span
 	if update.valid() {
 		spans = append(spans, plot.Span{From: update.from, To: update.to, Label: "update: push → switch", Color: color.NRGBA{255, 190, 0, 70}})
@@ -86,14 +86,18 @@ func drawPlot(tr *trace.Trace, path string, update, probation window) error {
 	if probation.valid() {
 		spans = append(spans, plot.Span{From: probation.from, To: probation.to, Label: "probation (v1 hot standby) → commit", Color: color.NRGBA{60, 200, 90, 60}})
 	}
-	return plot.FileWith(tr, path, plot.Options{Spans: spans})
+	return plot.FileWith(tr, path, plot.Options{Title: title, Spans: spans})
 }
 
 // newKeys lists the keys of b that a lacks, with their values (cut short),
-// sorted; nested objects are compared one level down as "key.sub".
+// sorted; nested objects are compared one level down as "key.sub". The
+// handoff's own report is not a feature of v2 and is left out.
 func newKeys(a, b map[string]json.RawMessage) []string {
 	var out []string
 	for k, v := range b {
+		if strings.HasPrefix(k, "handoff") {
+			continue
+		}
 		old, ok := a[k]
 		if !ok {
 			out = append(out, fmt.Sprintf("%s: %s", k, short(v)))

@@ -96,9 +96,9 @@ func (d *run) report(s *Summary) {
 	fmt.Fprintf(w, "  safety      crashed %v, two writers %d, chip re-inits %d, handovers %d, longest PWM gap %.2f ms, landed %v\n",
 		s.Crashed, s.TwoWriterEvents, s.ReinitEvents, s.Handovers, s.MaxPWMGapMS, s.Landed)
 	for i, c := range s.V2Changes {
-		label := "            "
+		label := "              "
 		if i == 0 {
-			label = "  v2 changed "
+			label = "  v2 changed  "
 		}
 		fmt.Fprintf(w, "%s%s\n", label, c)
 	}

@@ -59,6 +59,8 @@ type Span struct {
 // Options add to what File and Draw show.
 type Options struct {
 	Spans []Span
+	// Title replaces "bench flight" at the head of the figure's title.
+	Title string
 }
 
 // File draws tr into path; the extension chooses the format (.svg or .png).
@@ -115,7 +117,7 @@ func DrawWith(tr *trace.Trace, dc draw.Canvas, o Options) error {
 	}
 
 	alt := newPanel("altitude (m)")
-	alt.Title.Text = title(tr)
+	alt.Title.Text = title(tr, o.Title)
 	if err := addLines(alt, []string{"z"}, xy(func(s *trace.Sample) float64 { return s.Z })); err != nil {
 		return err
 	}
@@ -160,8 +162,11 @@ func DrawWith(tr *trace.Trace, dc draw.Canvas, o Options) error {
 	return nil
 }
 
-func title(tr *trace.Trace) string {
+func title(tr *trace.Trace, head string) string {
 	s := "bench flight"
+	if head != "" {
+		s = head
+	}
 	if t, err := time.Parse(time.RFC3339Nano, tr.Header.Start); err == nil {
 		s += " " + t.Format("2006-01-02 15:04:05Z07:00")
 	}

@@ -60,7 +60,7 @@ func TestRejects(t *testing.T) {
 
 func TestFileWithSpans(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "s.png")
-	o := Options{Spans: []Span{{From: 0.5, To: 1.5, Label: "update"}, {From: 1.5, To: 9, Label: "probation"}, {From: 5, To: 4}}}
+	o := Options{Title: "demo", Spans: []Span{{From: 0.5, To: 1.5, Label: "update"}, {From: 1.5, To: 9, Label: "probation"}, {From: 5, To: 4}}}
 	if err := FileWith(sampleTrace(), p, o); err != nil {
 		t.Fatal(err)
 	}
