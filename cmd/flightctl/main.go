@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"github.com/inflight-ota/inflight/flightctl"
@@ -35,7 +36,11 @@ func main() {
 	flag.DurationVar(&o.Spin, "spin", 0, "busy-wait this long before each tick deadline (0: none)")
 	flag.BoolVar(&o.GoSleep, "go-sleep", false, "sleep with Go timers instead of clock_nanosleep (for comparison)")
 	flag.StringVar(&o.Version, "version-label", "", "program version shown in status and the handoff HELLO (default: the build's version)")
-	flag.IntVar(&o.StateSchema, "state-schema", flightctl.SchemaVersion, "state schema run natively: 1 (Euler attitude) or 2 (quaternion attitude, camera stream); others are only declared (test of refusal)")
+	schema := flightctl.SchemaVersion
+	if v, err := strconv.Atoi(os.Getenv("INFLIGHT_STATE_SCHEMA")); err == nil {
+		schema = v // the image's default (images/build --env), so that v1 and v2 take the same arguments
+	}
+	flag.IntVar(&o.StateSchema, "state-schema", schema, "state schema run natively: 1 (Euler attitude) or 2 (quaternion attitude, camera stream); others are only declared (test of refusal) (env INFLIGHT_STATE_SCHEMA)")
 	flag.Float64Var(&o.CameraFPS, "camera-fps", 30, "simulated camera frame rate in schema 2 (negative: off)")
 	flag.DurationVar(&o.Handoff.Probation, "handoff-probation", 0, "default probation when handoff_start gives none (default 5s)")
 	flag.DurationVar(&o.Handoff.Shadow, "handoff-shadow", 0, "v1: how long v2 may take to become ready in shadow (default 10s)")

@@ -111,7 +111,7 @@ func hostPlatform() string {
 type options struct {
 	version, platforms, tag, out, push, binDir, binary, pkg, goTags, goCmd string
 	protocol, schema                                                       string
-	labels                                                                 []string
+	labels, env                                                            []string
 	load, asJSON                                                           bool
 }
 
@@ -148,6 +148,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%q is not key=value", s)
 		}
 		o.labels = append(o.labels, s)
+		return nil
+	})
+	fs.Func("env", "environment variable KEY=VALUE in the image config (repeatable), e.g. INFLIGHT_STATE_SCHEMA=2 so that the controller runs schema 2 whatever arguments the agent passes", func(s string) error {
+		if k, _, ok := strings.Cut(s, "="); !ok || k == "" {
+			return fmt.Errorf("%q is not KEY=VALUE", s)
+		}
+		o.env = append(o.env, s)
 		return nil
 	})
 	fs.BoolVar(&o.asJSON, "json", false, "print one JSON object per image")
@@ -209,7 +216,7 @@ Builds the flightctl image (images/flightctl/Dockerfile) without docker build.
 			return err
 		}
 		img, err := imagebuild.Build(imagebuild.Config{
-			Binary: bin, Entrypoint: entrypoint, Cmd: defaultCmd, Labels: labels,
+			Binary: bin, Entrypoint: entrypoint, Cmd: defaultCmd, Env: o.env, Labels: labels,
 			OS: p.OS, Arch: p.Arch, Variant: p.Variant, User: imageUser,
 		})
 		if err != nil {

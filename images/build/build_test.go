@@ -128,7 +128,7 @@ func TestOutWritesEveryPlatform(t *testing.T) {
 	}
 	var out bytes.Buffer
 	err := run(context.Background(), []string{"--version", "2.0.0", "--platform", "all", "--bin-dir", bins,
-		"--label", "org.inflight.demo=camera", "--out", filepath.Join(dir, "img", "flightctl-{version}-{arch}.tar"), "--json"}, &out, io.Discard)
+		"--label", "org.inflight.demo=camera", "--env", "INFLIGHT_STATE_SCHEMA=2", "--out", filepath.Join(dir, "img", "flightctl-{version}-{arch}.tar"), "--json"}, &out, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +157,13 @@ func TestOutWritesEveryPlatform(t *testing.T) {
 			c.Labels["org.inflight.version"] != "2.0.0" || c.Labels["org.inflight.demo"] != "camera" ||
 			c.Labels["org.inflight.handoff.protocol"] == "" || c.Labels["org.inflight.state.schema"] == "" {
 			t.Errorf("%s: config %+v", r.Platform, c)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if env := cf.Config.Env; len(env) != 1 || env[0] != "INFLIGHT_STATE_SCHEMA=2" {
+			t.Errorf("%s: env %v, want [INFLIGHT_STATE_SCHEMA=2]", r.Platform, env)
 		}
 		if id, _ := img.ConfigName(); id.String() != r.ID {
 			t.Errorf("%s: id %s, printed %s", r.Platform, id, r.ID)
