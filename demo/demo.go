@@ -1000,7 +1000,7 @@ func (g *groundView) telemetryChanges() []string {
 
 // DefaultV2BuildArgs are the images/build flags that give the v2 image its
 // visible feature.
-var DefaultV2BuildArgs []string
+var DefaultV2BuildArgs = []string{"--state-schema", "2", "--env", "INFLIGHT_STATE_SCHEMA=2"}
 
 // canRaiseRTPrio reports whether this process (and so, on this machine, the
 // Docker daemon beside it) may set an rtprio limit of 99: the hard limit
