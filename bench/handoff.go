@@ -517,6 +517,9 @@ func (f *flight) handoff(ctx context.Context, o *HandoffOptions, cur *proc, sche
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// Let the new process settle (as the agent waits for its status) before
+	// the window opens.
+	f.sleep(ctx, 300*time.Millisecond)
 	one.from = f.now()
 	req := fmt.Sprintf(`{"v":1,"cmd":"handoff_start","to":%q,"peer":%q,"probation_ms":%d,"allowed_phases":["hover"],"update_id":"bench-%s"}`,
 		flightctl.HandoffSocketNameOf(next.name), next.name, o.Probation.Milliseconds(), next.name)

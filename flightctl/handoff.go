@@ -596,43 +596,16 @@ func (h *hand) listen(ctx context.Context, path string) error {
 		conn.CorruptFrame(h.o.CorruptFrame)
 	}
 	reg := NewRegistry()
-	var scratch Outputs
 	in, err := handoff.NewIncoming(conn, handoff.IncomingConfig{
 		Version: h.version, Schema: h.schema, Needs: NeededFields, Warmup: h.o.Warmup, ControlHz: h.hz,
 		Registry: reg, Authority: lockAuthority{h.lock},
-		Install: func(state []byte, tick uint64) error {
-			var st State
-			if err := DecodeStateSchema(state, &st, h.schema); err != nil {
-				return err
-			}
-			if st.Tick != tick {
-				return fmt.Errorf("flightctl: snapshot of tick %d labelled %d", st.Tick, tick)
-			}
-			h.l.St = st
-			h.baseN = 0
-			return nil
-		},
-		Step: func(tick uint64, inputs, dst []byte) ([]byte, error) {
-			if err := DecodeInputs(inputs, &h.fin); err != nil {
-				return nil, err
-			}
-			Step(&h.l.St, &h.l.P, &h.fin, &scratch)
-			if h.l.St.Tick != tick {
-				return nil, errFollowTick
-			}
-			h.baseline()
-			return AppendOutputs(dst, &scratch), nil
-		},
-		Divergence: func(mine, theirs []byte) float64 {
-			if t := writeTime(theirs); t != 0 {
-				h.peerWrite = t
-			}
-			return PulseDivergence(mine, theirs)
-		},
-		Tolerance: h.o.Tolerance,
-		Failover:  true,
-		Timeouts:  handoff.Timeouts{Probation: h.ticksOf(h.o.Probation)},
-		Logger:    h.log,
+		Install:    h.install,
+		Step:       h.shadowStep,
+		Divergence: h.divergence,
+		Tolerance:  h.o.Tolerance,
+		Failover:   true,
+		Timeouts:   handoff.Timeouts{Probation: h.ticksOf(h.o.Probation)},
+		Logger:     h.log,
 	})
 	if err != nil {
 		conn.Close()
@@ -644,6 +617,39 @@ func (h *hand) listen(ctx context.Context, path string) error {
 	}
 	h.log.Info("handoff: v1 connected", "socket", path)
 	return nil
+}
+
+func (h *hand) install(state []byte, tick uint64) error {
+	var st State
+	if err := DecodeStateSchema(state, &st, h.schema); err != nil {
+		return err
+	}
+	if st.Tick != tick {
+		return fmt.Errorf("flightctl: snapshot of tick %d labelled %d", st.Tick, tick)
+	}
+	h.l.St = st
+	h.baseN = 0
+	return nil
+}
+
+// shadowStep steps the standby on v1's forwarded inputs (allocation-free).
+func (h *hand) shadowStep(tick uint64, inputs, dst []byte) ([]byte, error) {
+	if err := DecodeInputs(inputs, &h.fin); err != nil {
+		return nil, err
+	}
+	Step(&h.l.St, &h.l.P, &h.fin, &h.fout)
+	if h.l.St.Tick != tick {
+		return nil, errFollowTick
+	}
+	h.baseline()
+	return AppendOutputs(dst, &h.fout), nil
+}
+
+func (h *hand) divergence(mine, theirs []byte) float64 {
+	if t := writeTime(theirs); t != 0 {
+		h.peerWrite = t
+	}
+	return PulseDivergence(mine, theirs)
 }
 
 // --- control socket ---

@@ -21,7 +21,7 @@ var (
 // room).
 func AppendInputs(b []byte, in *Inputs) []byte {
 	e := encoder{b: b}
-	walkInputs(&e, in)
+	encInputs(&e, in)
 	return e.b
 }
 
@@ -33,7 +33,7 @@ func DecodeInputs(b []byte, in *Inputs) error {
 	}
 	var t Inputs
 	d := decoder{b: b}
-	walkInputs(&d, &t)
+	decInputs(&d, &t)
 	if d.bad || t.Cmd.Kind >= numCmds || !t.Cmd.Mission.valid() {
 		return errInputs
 	}
@@ -44,7 +44,7 @@ func DecodeInputs(b []byte, in *Inputs) error {
 // AppendOutputs appends the encoding of out to b.
 func AppendOutputs(b []byte, out *Outputs) []byte {
 	e := encoder{b: b}
-	walkOutputs(&e, out)
+	encOutputs(&e, out)
 	return e.b
 }
 
@@ -55,7 +55,7 @@ func DecodeOutputs(b []byte, out *Outputs) error {
 	}
 	var t Outputs
 	d := decoder{b: b}
-	walkOutputs(&d, &t)
+	decOutputs(&d, &t)
 	if d.bad || t.Mode >= numModes || t.Reason >= numReasons {
 		return errOutputs
 	}
@@ -120,3 +120,85 @@ func walkOutputs[C coder](c C, out *Outputs) {
 
 // unsafeI64 views an int64 as a uint64 (same size and layout).
 func unsafeI64(v *int64) *uint64 { return (*uint64)(unsafe.Pointer(v)) }
+
+// The per-tick codecs are written out for the concrete encoder and decoder:
+// the generic walkers (kept for the sizes and the tests) make their
+// arguments escape, and the tick path must not allocate.
+
+func encInputs(c *encoder, in *Inputs) {
+	c.f64(&in.Dt)
+	c.u64(unsafeI64(&in.TimeNs))
+	for i := range in.Accel {
+		c.f64(&in.Accel[i])
+	}
+	for i := range in.Gyro {
+		c.f64(&in.Gyro[i])
+	}
+	c.flag(&in.IMUErr)
+	c.f64(&in.BaroPa)
+	c.f64(&in.BaroC)
+	c.flag(&in.BaroNew)
+	c.flag(&in.BaroErr)
+	c.u8((*uint8)(&in.Cmd.Kind))
+	c.flag(&in.Cmd.Force)
+	c.f64(&in.Cmd.Alt)
+	m := &in.Cmd.Mission
+	c.u8(&m.N)
+	for i := range m.Steps {
+		c.u8((*uint8)(&m.Steps[i].Kind))
+		c.f64(&m.Steps[i].Arg)
+	}
+}
+
+func decInputs(c *decoder, in *Inputs) {
+	c.f64(&in.Dt)
+	c.u64(unsafeI64(&in.TimeNs))
+	for i := range in.Accel {
+		c.f64(&in.Accel[i])
+	}
+	for i := range in.Gyro {
+		c.f64(&in.Gyro[i])
+	}
+	c.flag(&in.IMUErr)
+	c.f64(&in.BaroPa)
+	c.f64(&in.BaroC)
+	c.flag(&in.BaroNew)
+	c.flag(&in.BaroErr)
+	c.u8((*uint8)(&in.Cmd.Kind))
+	c.flag(&in.Cmd.Force)
+	c.f64(&in.Cmd.Alt)
+	m := &in.Cmd.Mission
+	c.u8(&m.N)
+	for i := range m.Steps {
+		c.u8((*uint8)(&m.Steps[i].Kind))
+		c.f64(&m.Steps[i].Arg)
+	}
+}
+
+func encOutputs(c *encoder, out *Outputs) {
+	for i := range out.PulseUS {
+		c.f64(&out.PulseUS[i])
+	}
+	for i := range out.Motor {
+		c.f64(&out.Motor[i])
+	}
+	c.u8((*uint8)(&out.Mode))
+	c.u16((*uint16)(&out.Flags))
+	c.u16((*uint16)(&out.Events))
+	c.u8((*uint8)(&out.Reason))
+	c.flag(&out.CmdOK)
+}
+
+func decOutputs(c *decoder, out *Outputs) {
+	for i := range out.PulseUS {
+		c.f64(&out.PulseUS[i])
+	}
+	for i := range out.Motor {
+		c.f64(&out.Motor[i])
+	}
+	c.u8((*uint8)(&out.Mode))
+	c.u16((*uint16)(&out.Flags))
+	c.u16((*uint16)(&out.Events))
+	c.u8((*uint8)(&out.Reason))
+	c.flag(&out.CmdOK)
+}

@@ -46,7 +46,7 @@ func compare(ctx context.Context, env *Env, args []string) error {
 	rows, err := bench.Compare(ctx, bench.HandoffOptions{AltM: *alt, Seed: *seed, RateHz: *rate, NoRT: *noRT,
 		Flightctl: *flightctl, Logger: log, Settle: 3 * time.Second})
 	for _, r := range rows {
-		printHandoff(env, r, *asJSON)
+		printHandoff(env, r, *asJSON, false)
 	}
 	return err
 }

@@ -100,7 +100,7 @@ func fly(ctx context.Context, env *Env, args []string) error {
 				res.FaultResult += " (" + e.Code + ": " + e.Detail + ")"
 			}
 		}
-		printHandoff(env, res, *asJSON)
+		printHandoff(env, res, *asJSON, true)
 		if res.Crashed || res.TwoWriterEvents > 0 {
 			return errFlightFailed
 		}
@@ -208,8 +208,11 @@ func (s *flySummary) add(r bench.FlyResult) {
 	s.ReinitEvents += r.ReinitEvents
 }
 
-func printHandoff(env *Env, res bench.HandoffResult, asJSON bool) {
+func printHandoff(env *Env, res bench.HandoffResult, asJSON, each bool) {
 	for i, e := range res.Each {
+		if !each {
+			break
+		}
 		if asJSON {
 			b, _ := json.Marshal(e)
 			fmt.Fprintf(env.Stdout, "%s\n", b)
