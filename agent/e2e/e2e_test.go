@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -94,7 +95,7 @@ func (w *world) runningControllers() map[string]bool {
 func TestGroundSwap(t *testing.T) {
 	w := newWorld(t)
 	v1 := w.image("1.0.0", imageOpts{})
-	v2 := w.image("2.0.0", imageOpts{})
+	v2 := w.image("2.0.0", v2Opts())
 	v1Name := w.startV1(v1)
 	st, err := w.status(v1Name)
 	must(t, err)
@@ -273,4 +274,234 @@ func handoverTo(hs []trace.Handover, name string) (trace.Handover, bool) {
 		}
 	}
 	return trace.Handover{}, false
+}
+
+// v2Opts is how the v2 image differs from v1's.
+// v2 runs the quaternion state schema 2 (the image's INFLIGHT_STATE_SCHEMA,
+// as images/build --env makes it): the handoff migrates v1's schema-1
+// state.
+func v2Opts() imageOpts {
+	return imageOpts{Env: []string{"INFLIGHT_STATE_SCHEMA=2"}, Labels: map[string]string{"org.inflight.state.schema": "2"}}
+}
+
+// checkFlying fails the test unless the drone flies on, in hover, under
+// exactly one running controller, the one reported active, which holds the
+// authority.
+func (w *world) checkFlying(version string) string {
+	t := w.t
+	t.Helper()
+	if s := w.sim.Summary(); s.Crashed {
+		t.Fatalf("the drone crashed: %s", s.CrashReason)
+	}
+	r := w.waitReported("settled with "+version+" active", 10*time.Second, func(r *mqttapi.Reported) bool {
+		return r.Active != nil && r.Active.Version == version && r.Update == nil
+	})
+	var name string
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		cs := running(w.runningControllers())
+		if len(cs) == 1 {
+			name = cs[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("controllers running: %v, want exactly one", cs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	st, err := w.status(name)
+	if err != nil {
+		t.Fatalf("the active controller %s does not answer: %v", name, err)
+	}
+	if st.Version != version || !st.HoldsAuthority() || !st.Airborne || st.Mode != "hover" {
+		t.Fatalf("%s (reported active %s %s): version %s, role %s, mode %s, airborne %v, authority %v", name, r.Active.Version, r.Active.Image, st.Version, st.Role, st.Mode, st.Airborne, st.HoldsAuthority())
+	}
+	return name
+}
+
+// TestInAirUpdate flies v1, publishes a signed update to v2 and checks the
+// handoff committed within issue 4's bounds, measured by the bench drone.
+func TestInAirUpdate(t *testing.T) {
+	w := newWorld(t)
+	v1 := w.image("1.0.0", imageOpts{})
+	v2 := w.image("2.0.0", v2Opts())
+	v1Name := w.startV1(v1)
+	w.takeOff(v1Name, 3*time.Second)
+
+	m := w.manifest(v2)
+	pub := w.push(m)
+	e := w.result(m.Serial, 90*time.Second)
+	done := time.Since(pub)
+	rss, hwm := w.agentRSS()
+	if e.Result != mqttapi.ResultCommitted {
+		t.Fatalf("in-air update ended %s (%s): %s", e.Result, e.Reason, e.Error)
+	}
+	v2Name := w.v2Name(m.Serial, 1)
+	f := e.Figures
+	if f == nil {
+		t.Fatal("the committed event has no figures")
+	}
+	fb, _ := json.Marshal(f)
+	t.Logf("in-air update %s → %s committed %.0f ms after the publish; phases from the publish:\n%s  figures: %s\n  agent RSS %d KiB (peak %d KiB)",
+		v1.Version, v2.Version, float64(done.Microseconds())/1000, w.phaseTimes(m.Serial, pub), fb, rss, hwm)
+
+	sum := w.sim.Summary()
+	h, ok := handoverTo(sum.Handovers, v2Name)
+	switch {
+	case sum.Crashed:
+		t.Errorf("the drone crashed: %s", sum.CrashReason)
+	case !ok:
+		t.Errorf("the bench drone saw no handover to %s: %+v", v2Name, sum.Handovers)
+	case h.From != v1Name:
+		t.Errorf("handover to %s from %s, want from %s", v2Name, h.From, v1Name)
+	case h.GapMS > maxGapMS:
+		t.Errorf("switch gap %.3f ms > 2 control periods (%.1f ms)", h.GapMS, maxGapMS)
+	}
+	if sum.TwoWriterEvents != 0 || sum.ReinitEvents != 0 {
+		t.Errorf("two_writers %d, reinit %d: want 0 and 0", sum.TwoWriterEvents, sum.ReinitEvents)
+	}
+	if f.ControlGapMS > maxGapMS {
+		t.Errorf("controllers' control gap %.3f ms > %.1f ms", f.ControlGapMS, maxGapMS)
+	}
+	if f.MaxAttDevDeg > maxAttDevDeg || f.MaxAltDevM > maxAltDevM {
+		t.Errorf("controllers' deviations: attitude %.3f° (≤ %.1f), altitude %.4f m (≤ %.2f)", f.MaxAttDevDeg, maxAttDevDeg, f.MaxAltDevM, maxAltDevM)
+	}
+
+	if _, ok := w.containers()[v1Name]; ok {
+		t.Errorf("v1's container %s is still there after the commit", v1Name)
+	}
+	if got := w.checkFlying(v2.Version); got != v2Name {
+		t.Errorf("flying controller %s, want %s", got, v2Name)
+	}
+	if !w.hasImage(v1.ID) {
+		t.Errorf("v1's image was pruned: it is the previous version")
+	}
+	// Telemetry comes from v2 now.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		w.g.mu.Lock()
+		tm := w.g.lastTele
+		w.g.mu.Unlock()
+		if tm != nil && tm.ControllerVersion == v2.Version {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("telemetry never came from %s: last %+v", v2.Version, tm)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Fly on a second past the commit, then read the bench's trace.
+	time.Sleep(time.Second)
+	w.simStop()
+	tr, err := trace.ReadFile(w.traceFile.Name())
+	must(t, err)
+	att, alt := deviation(tr, h.T, 0.5, 1.5)
+	t.Logf("bench drone: switch gap %.3f ms (%s → %s at t=%.3f s), true deviation against the hover before: attitude %.3f°, altitude %.4f m; two_writers %d, reinit %d, max PWM gap %.3f ms",
+		h.GapMS, h.From, h.To, h.T, att, alt, sum.TwoWriterEvents, sum.ReinitEvents, sum.MaxPWMGapMS)
+	if att > maxAttDevDeg || alt > maxAltDevM {
+		t.Errorf("true deviation across the switch: attitude %.3f° (≤ %.1f), altitude %.4f m (≤ %.2f)", att, maxAttDevDeg, alt, maxAltDevM)
+	}
+}
+
+// TestInAirFaults flies v1 and, in one flight: rolls back in the air from a
+// v2 that dies after the switch; survives a SIGKILL of the agent just after
+// the handoff started; survives a SIGKILL of the agent in probation.
+func TestInAirFaults(t *testing.T) {
+	w := newWorld(t)
+	v1 := w.image("1.0.0", imageOpts{})
+	v2bad := w.image("2.0.1", v2Opts())
+	v2 := w.image("2.0.0", v2Opts())
+	v3 := w.image("3.0.0", v2Opts())
+	v1Name := w.startV1(v1)
+	w.takeOff(v1Name, 2*time.Second)
+	flying := v1
+
+	t.Run("CrashAfterSwitch", func(t *testing.T) {
+		w.t = t
+		m := w.manifest(v2bad)
+		pub := w.push(m)
+		// v2 crashes as soon as it flies: SIGKILL from outside, as the
+		// kernel kills a crashed process. (flightctl --debug-die-in cannot
+		// do it inside a container: there it is PID 1, and the kernel drops
+		// the SIGKILL a namespace's init sends itself.)
+		name := w.v2Name(m.Serial, 1)
+		w.waitEvent("probation", 60*time.Second, 0, func(e mqttapi.Event) bool {
+			return e.Serial == m.Serial && e.Phase == mqttapi.PhaseProbation
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		must(t, w.cli.ContainerKill(ctx, name, "SIGKILL"))
+		cancel()
+		e := w.result(m.Serial, 90*time.Second)
+		if e.Result != mqttapi.ResultRolledBack {
+			t.Fatalf("update to a v2 that dies after the switch ended %s (%s): %s", e.Result, e.Reason, e.Error)
+		}
+		t.Logf("rolled back %.0f ms after the publish (%s: %s); phases:\n%s", float64(time.Since(pub).Milliseconds()), e.Reason, e.Error, w.phaseTimes(m.Serial, pub))
+		sum := w.sim.Summary()
+		to, ok1 := handoverTo(sum.Handovers, name)
+		var back *trace.Handover
+		for i := range sum.Handovers {
+			if h := sum.Handovers[i]; h.From == name && h.To == v1Name {
+				back = &h
+			}
+		}
+		if !ok1 || back == nil {
+			t.Fatalf("the bench drone saw no switch to %s and back: %+v", name, sum.Handovers)
+		}
+		t.Logf("bench drone: switch to v2 gap %.3f ms; v2 died; v1 retook after %.3f ms without PWM writes", to.GapMS, back.GapMS)
+		if sum.Crashed || sum.TwoWriterEvents != 0 || sum.ReinitEvents != 0 {
+			t.Errorf("bench drone: crashed %v (%s), two_writers %d, reinit %d", sum.Crashed, sum.CrashReason, sum.TwoWriterEvents, sum.ReinitEvents)
+		}
+		if _, ok := w.containers()[name]; ok {
+			t.Errorf("the dead v2's container %s was not removed", name)
+		}
+		if got := w.checkFlying(v1.Version); got != v1Name {
+			t.Errorf("flying %s, want v1 %s", got, v1Name)
+		}
+	})
+
+	// killDuring pushes an update to im, SIGKILLs the agent when the update
+	// reaches phase, restarts it and returns how the update ended.
+	killDuring := func(t *testing.T, im img, phase mqttapi.Phase) mqttapi.Event {
+		w.t = t
+		m := w.manifest(im)
+		pub := w.push(m)
+		_, at := w.waitEvent(string(phase), 60*time.Second, 0, func(e mqttapi.Event) bool {
+			return e.Serial == m.Serial && e.Phase == phase
+		})
+		w.killAgent()
+		killed := time.Since(pub)
+		time.Sleep(300 * time.Millisecond)
+		w.startAgent()
+		e := w.result(m.Serial, 90*time.Second)
+		rec, _ := w.waitEvent("recovery report", 10*time.Second, at, func(e mqttapi.Event) bool {
+			return e.Kind == "recovery" && e.Reason == "agent_restart"
+		})
+		t.Logf("agent SIGKILLed in %s (+%.0f ms), restarted; it reported %q; the update ended %s (%s) +%.0f ms after the publish",
+			phase, float64(killed.Milliseconds()), rec.Error, e.Result, e.Reason, float64(time.Since(pub).Milliseconds()))
+		if s := w.sim.Summary(); s.Crashed || s.TwoWriterEvents != 0 || s.ReinitEvents != 0 {
+			t.Errorf("bench drone: crashed %v (%s), two_writers %d, reinit %d", s.Crashed, s.CrashReason, s.TwoWriterEvents, s.ReinitEvents)
+		}
+		return e
+	}
+
+	t.Run("KillAgentAfterHandoffStart", func(t *testing.T) {
+		e := killDuring(t, v2, mqttapi.PhaseHello)
+		switch e.Result {
+		case mqttapi.ResultCommitted:
+			flying = v2
+		case mqttapi.ResultRolledBack, mqttapi.ResultAborted:
+		default:
+			t.Fatalf("ended %s (%s): %s", e.Result, e.Reason, e.Error)
+		}
+		w.checkFlying(flying.Version)
+	})
+	t.Run("KillAgentInProbation", func(t *testing.T) {
+		e := killDuring(t, v3, mqttapi.PhaseProbation)
+		if e.Result != mqttapi.ResultCommitted {
+			t.Fatalf("killed in probation, the update ended %s (%s): %s; want committed", e.Result, e.Reason, e.Error)
+		}
+		w.checkFlying(v3.Version)
+	})
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/inflight-ota/inflight/agent"
 	"github.com/inflight-ota/inflight/agent/runtime"
@@ -101,12 +102,17 @@ type imageOpts struct {
 	Env    []string // image config Env (Docker merges it under the container's)
 	Labels map[string]string
 	Tags   string // go build tags
+	// Args are put after the entrypoint, before the agent's arguments
+	// (which replace the image's Cmd): flags of this version, e.g.
+	// --state-schema 2 or a debug fault.
+	Args []string
 }
 
 // world is one test's drone: broker, registry, run dir, bench drone, keys,
 // agent, ground client.
 type world struct {
-	t        *testing.T
+	t        *testing.T // the running (sub)test
+	top      *testing.T // the test that owns the world and its cleanups
 	run      string
 	drone    string
 	root     string
@@ -145,7 +151,7 @@ func newWorld(t *testing.T) *world {
 	b := make([]byte, 4)
 	rand.Read(b)
 	run := hex.EncodeToString(b)
-	w := &world{t: t, run: run, drone: "e2e-" + run, cli: cli, broker: broker, registry: reg}
+	w := &world{t: t, top: t, run: run, drone: "e2e-" + run, cli: cli, broker: broker, registry: reg}
 	var err error
 	if w.root, err = os.MkdirTemp("", "inflight-e2e-"+run+"-"); err != nil {
 		t.Fatal(err)
@@ -240,6 +246,14 @@ func (w *world) image(version string, o imageOpts) img {
 		Env: o.Env, Labels: labels, Arch: o.Arch,
 	})
 	must(t, err)
+	if len(o.Args) > 0 {
+		cf, err := im.ConfigFile()
+		must(t, err)
+		cf = cf.DeepCopy()
+		cf.Config.Entrypoint = append(cf.Config.Entrypoint, o.Args...)
+		im, err = mutate.ConfigFile(im, cf)
+		must(t, err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	tag := strings.ReplaceAll(version, "+", "-")
@@ -325,8 +339,10 @@ func (w *world) startAgent() {
 	must(t, cmd.Start())
 	ap := &agentProc{cmd: cmd, exited: make(chan struct{})}
 	go func() { cmd.Wait(); logf.Close(); close(ap.exited) }()
+	if w.agent == nil {
+		w.top.Cleanup(func() { w.stopAgent() })
+	}
 	w.agent = ap
-	t.Cleanup(func() { w.stopAgent() })
 }
 
 // stopAgent sends SIGTERM and waits (SIGKILL after 15 s).
