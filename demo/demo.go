@@ -165,6 +165,8 @@ type Summary struct {
 	HoverAltRMSEV1  float64            `json:"hover_alt_rmse_v1_m"`
 	HoverAltRMSEV2  float64            `json:"hover_alt_rmse_v2_m"`
 	Handovers       int                `json:"handovers"`
+	Attempts        int                `json:"attempts"`          // pushes made: a second one follows an abort before the switch
+	Earlier         []string           `json:"earlier,omitempty"` // how the earlier attempts ended
 	TwoWriterEvents int                `json:"two_writer_events"`
 	ReinitEvents    int                `json:"reinit_events"`
 	MaxPWMGapMS     float64            `json:"max_pwm_gap_ms"`
@@ -499,14 +501,28 @@ func (d *run) main(ctx context.Context, sum *Summary, onExit func(string, func(c
 	shown := append([]string{"groundctl"}, pushArgs...)
 	pushArgs = append(pushArgs, "--broker", "tcp://"+strings.TrimPrefix(brk.URL(), "tcp://"), "--key", keyPath)
 	sum.Timeline.Push = r3(d.simNow())
-	d.say("$ %s", strings.Join(shown, " "))
-	watched := g.follow(ctx)
-	code := groundcli.Run(ctx, pushArgs, d.o.Stdout, d.o.Stderr)
-	out := <-watched
-	if out.err != nil && out.outcome.Result == "" {
-		return fmt.Errorf("%w: groundctl push exited %d; watching the update: %v", ErrDemo, code, out.err)
+	var oc ground.Outcome
+	for attempt := 1; ; attempt++ {
+		d.say("$ %s", strings.Join(shown, " "))
+		watched := g.follow(ctx)
+		code := groundcli.Run(ctx, pushArgs, d.o.Stdout, d.o.Stderr)
+		out := <-watched
+		if out.err != nil && out.outcome.Result == "" {
+			return fmt.Errorf("%w: groundctl push exited %d; watching the update: %v", ErrDemo, code, out.err)
+		}
+		oc = out.outcome
+		sum.Attempts = attempt
+		// An abort before the switch leaves v1 flying untouched; an
+		// operator would push again, and so does the demo, once.
+		if oc.Result != mqttapi.ResultAborted || attempt >= maxAttempts || ctx.Err() != nil {
+			break
+		}
+		sum.Earlier = append(sum.Earlier, fmt.Sprintf("%s (%s): %s", oc.Result, oc.Reason, oc.Error))
+		d.say("the handoff aborted before the switch (%s); v1 flies on untouched. Pushing again, as an operator would", oc.Reason)
+		if err := sleep(ctx, time.Second); err != nil {
+			return err
+		}
 	}
-	oc := out.outcome
 	sum.Result, sum.Reason = oc.Result, oc.Reason
 	if oc.Version != "" {
 		sum.ToVersion = oc.Version
@@ -997,6 +1013,10 @@ func (g *groundView) telemetryChanges() []string {
 	}
 	return out
 }
+
+// maxAttempts bounds the pushes of v2: one more after an abort before the
+// switch.
+const maxAttempts = 2
 
 // DefaultV2BuildArgs are the images/build flags that give the v2 image its
 // visible feature.

@@ -75,7 +75,14 @@ func (d *run) report(s *Summary) {
 		verdict = "NOT OK"
 	}
 	fmt.Fprintf(w, "\nsummary (%s)\n", verdict)
-	fmt.Fprintf(w, "  update      %s → %s: %s%s, runtime %s, image via %s\n", s.FromVersion, s.ToVersion, strings.ToUpper(s.Result), reasonText(s.Reason), s.Runtime, s.Via)
+	attempts := ""
+	if s.Attempts > 1 {
+		attempts = fmt.Sprintf(" at push %d of %d", s.Attempts, s.Attempts)
+	}
+	fmt.Fprintf(w, "  update      %s → %s: %s%s%s, runtime %s, image via %s\n", s.FromVersion, s.ToVersion, strings.ToUpper(s.Result), reasonText(s.Reason), attempts, s.Runtime, s.Via)
+	for _, e := range s.Earlier {
+		fmt.Fprintf(w, "  earlier     attempt %s\n", e)
+	}
 	if len(s.PhasesMS) > 0 {
 		var order []string
 		for _, p := range ground.Phases {
