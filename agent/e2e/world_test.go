@@ -673,13 +673,13 @@ func tail(s string, n int) string {
 // ---- figures from the bench drone ----
 
 // deviation is the largest true attitude (deg) and altitude (m) deviation in
-// [at-before, at+after] against the mean of the hover in the 2 s before that
-// window.
+// [at-before, at+after] against the mean of the hover in the second before
+// that window (as bench's handoff scenario measures it).
 func deviation(tr *trace.Trace, at, before, after float64) (attDeg, altM float64) {
 	var n int
 	var sz, sr, sp float64
 	for _, s := range tr.Samples {
-		if s.T >= at-before-2 && s.T < at-before {
+		if s.T >= at-before-1 && s.T < at-before {
 			sz += s.Z
 			sr += s.Roll
 			sp += s.Pitch
