@@ -165,7 +165,7 @@ type Summary struct {
 	HoverAltRMSEV1  float64            `json:"hover_alt_rmse_v1_m"`
 	HoverAltRMSEV2  float64            `json:"hover_alt_rmse_v2_m"`
 	Handovers       int                `json:"handovers"`
-	Attempts        int                `json:"attempts"`          // pushes made: a second one follows an abort before the switch
+	Attempts        int                `json:"attempts"`          // pushes made: another follows an abort or a rollback (at most 3)
 	Earlier         []string           `json:"earlier,omitempty"` // how the earlier attempts ended
 	TwoWriterEvents int                `json:"two_writer_events"`
 	ReinitEvents    int                `json:"reinit_events"`
@@ -512,13 +512,16 @@ func (d *run) main(ctx context.Context, sum *Summary, onExit func(string, func(c
 		}
 		oc = out.outcome
 		sum.Attempts = attempt
-		// An abort before the switch leaves v1 flying untouched; an
-		// operator would push again, and so does the demo, once.
-		if oc.Result != mqttapi.ResultAborted || attempt >= maxAttempts || ctx.Err() != nil {
+		// An abort before the switch leaves v1 flying untouched, a
+		// rollback in probation hands the flight back to it: either way v1
+		// flies, and an operator would push again; so does the demo, and
+		// says so in the summary.
+		retry := oc.Result == mqttapi.ResultAborted || oc.Result == mqttapi.ResultRolledBack
+		if !retry || attempt >= maxAttempts || ctx.Err() != nil || d.crashed() {
 			break
 		}
 		sum.Earlier = append(sum.Earlier, fmt.Sprintf("%s (%s): %s", oc.Result, oc.Reason, oc.Error))
-		d.say("the handoff aborted before the switch (%s); v1 flies on untouched. Pushing again, as an operator would", oc.Reason)
+		d.say("the update %s (%s) and v1 flies on. Pushing again, as an operator would", oc.Result, oc.Reason)
 		if err := sleep(ctx, time.Second); err != nil {
 			return err
 		}
@@ -1014,9 +1017,9 @@ func (g *groundView) telemetryChanges() []string {
 	return out
 }
 
-// maxAttempts bounds the pushes of v2: one more after an abort before the
-// switch.
-const maxAttempts = 2
+// maxAttempts bounds the pushes of v2 (the first, and more after an abort
+// or a rollback that left v1 flying).
+const maxAttempts = 3
 
 // DefaultV2BuildArgs are the images/build flags that give the v2 image its
 // visible feature.
