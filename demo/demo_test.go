@@ -48,8 +48,12 @@ func TestDemo(t *testing.T) {
 	if sum.SwitchGapMS <= 0 || sum.SwitchGapMS > 2*sum.ControlPeriodMS {
 		t.Errorf("switch gap %.3f ms, want within (0, 2×%.3f]", sum.SwitchGapMS, sum.ControlPeriodMS)
 	}
-	if sum.TwoWriterEvents != 0 || sum.ReinitEvents != 0 || sum.Handovers != 1 {
-		t.Errorf("two writers %d, reinit %d, handovers %d; want 0, 0, 1", sum.TwoWriterEvents, sum.ReinitEvents, sum.Handovers)
+	// One handover per committed push, two per rolled-back one.
+	if sum.TwoWriterEvents != 0 || sum.ReinitEvents != 0 || sum.Handovers < 1 || sum.Attempts < 1 {
+		t.Errorf("two writers %d, reinit %d, handovers %d, attempts %d; want 0, 0, ≥ 1, ≥ 1", sum.TwoWriterEvents, sum.ReinitEvents, sum.Handovers, sum.Attempts)
+	}
+	if sum.Attempts > 1 {
+		t.Logf("committed at push %d; earlier: %v", sum.Attempts, sum.Earlier)
 	}
 	tl := sum.Timeline
 	if !(tl.Takeoff >= 0 && tl.Takeoff < tl.Push && tl.Push < tl.Switch && tl.Switch < tl.Committed && tl.Committed < tl.Land && tl.Land < tl.Landed) {

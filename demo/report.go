@@ -21,7 +21,7 @@ func (d *run) figures(tr *trace.Trace, sum *Summary, received, committed float64
 			if h.GapMS > sum.SwitchGapMS {
 				sum.SwitchGapMS = r3(h.GapMS)
 			}
-			if sum.Timeline.Switch < 0 && h.From == v1name {
+			if h.From == v1name { // the last one: that of the committed attempt
 				sum.Timeline.Switch = r3(h.T)
 			}
 		}
