@@ -602,7 +602,7 @@ func (d *run) main(ctx context.Context, sum *Summary, onExit func(string, func(c
 	} else if committed < 0 {
 		prob = window{sum.Timeline.Switch, ended} // rolled back
 	}
-	title := fmt.Sprintf("inflight demo: in-air update %s → %s, %s runtime, %s", sum.FromVersion, sum.ToVersion, sum.Runtime, strings.ToUpper(sum.Result))
+	title := fmt.Sprintf("update %s → %s, %s, %s", sum.FromVersion, sum.ToVersion, sum.Runtime, sum.Result)
 	if err := drawPlot(tr, o.PlotPath, title, upd, prob); err != nil {
 		return fmt.Errorf("%w: %v", ErrDemo, err)
 	}
@@ -655,6 +655,8 @@ func (d *run) startDrone(ctx context.Context, sum *Summary, onExit func(string, 
 	tracePath := d.o.TracePath
 	if tracePath == "" {
 		tracePath = filepath.Join(d.work, "flight.jsonl")
+	} else if abs, err := filepath.Abs(tracePath); err == nil {
+		sum.Trace = abs
 	} else {
 		sum.Trace = tracePath
 	}
