@@ -548,7 +548,9 @@ func (f *flight) handoff(ctx context.Context, o *HandoffOptions, cur *proc, sche
 		}
 		v1End := !cur.alive() || (v1Known && v1p.Phase.Terminal() && (v1p.Writing || v1p.Phase.String() == "done"))
 		v2End := !next.alive() || (v2Known && v2p.Phase.Terminal())
-		if f.crashed() || (v1End && v2End) {
+		// v1 flying again (aborted, rolled back) ends the window even when
+		// v2 does not answer (a stalled v2: the bench, as the agent, kills it).
+		if f.crashed() || (v1End && v2End) || (v1Known && v1p.Phase.Terminal() && v1p.Writing) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -527,7 +527,12 @@ func (h *hand) start(ctx context.Context, req *Request) (any, error) {
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(h.runDir, filepath.Clean("/" + path)[1:])
 	}
-	t := handoff.Timeouts{Shadow: h.ticksOf(h.o.Shadow), Probation: h.ticksOf(h.o.Probation), Window: h.ticksOf(h.o.Window)}
+	// Ack: 50 ms. The handoff socket's reader goroutine is not real-time:
+	// while the tick thread sleeps in clock_nanosleep, Go's scheduler can
+	// leave it waiting ~10 ms for a P, so the ack reaches v1's tick loop a few
+	// ticks after v2 wrote T (v2 flies meanwhile; v1 writes nothing).
+	t := handoff.Timeouts{Shadow: h.ticksOf(h.o.Shadow), Probation: h.ticksOf(h.o.Probation), Window: h.ticksOf(h.o.Window),
+		Ack: h.ticksOf(50 * time.Millisecond)}
 	if a.ProbationMS > 0 {
 		t.Probation = h.ticksOf(time.Duration(a.ProbationMS) * time.Millisecond)
 	}
