@@ -8,7 +8,7 @@ GOFLAGS_STATIC := CGO_ENABLED=0
 # linux/arm v6 and v7 are spelled GOARCH=arm GOARM=6|7.
 CROSS     := linux/amd64 linux/arm64 linux/arm/7 linux/arm/6
 
-.PHONY: help build test lint vet fmt cross fuzz bench clean images fly
+.PHONY: help build test lint vet fmt cross fuzz bench clean images fly demo
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,12 +42,18 @@ fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 bench: ## run the Go benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
+DEMO_ARGS ?=
+demo: build ## the in-air update demo: v1 flies, groundctl pushes v2, the agent hands over in the air and commits; summary + plot in bin/demo (DEMO_ARGS="--runtime process" without Docker)
+	@mkdir -p $(BIN)/demo
+	$(BIN)/benchsim demo --plot $(BIN)/demo/flight.png --trace $(BIN)/demo/flight.jsonl $(DEMO_ARGS)
+
 FLY_ARGS ?= --scenario hover --duration 30s --json
 fly: build ## fly the bench drone: take off to 2 m, hover 30 s, land; prints the figures (FLY_ARGS to change)
 	$(BIN)/benchsim fly $(FLY_ARGS)
 
 IMAGE_V1 ?= 1.0.0
 IMAGE_V2 ?= 2.0.0
+IMAGE_V2_FLAGS ?= --state-schema 2 --env INFLIGHT_STATE_SCHEMA=2
 images: ## flightctl images v1 and v2 for amd64 (bench), arm64, arm v7, arm v6 into bin/images/ (no docker build needed)
 	$(GO) run ./images/build --version $(IMAGE_V1) --platform all --out $(BIN)/images/flightctl-{version}-{arch}.tar
 	$(GO) run ./images/build --version $(IMAGE_V2) --platform all --out $(BIN)/images/flightctl-{version}-{arch}.tar $(IMAGE_V2_FLAGS)
