@@ -320,9 +320,10 @@ func (w *world) checkFlying(version string) string {
 }
 
 // pushUntil pushes an update to im and waits until it reaches phase, or
-// ends. An update the controllers abort before the switch (on a loaded
-// machine, e.g. no SWITCH_ACK within the handoff's bound: v1 flies on
-// untouched, as designed) is pushed again under a new serial, as a ground
+// ends. An update the controllers abort before the switch, or roll back
+// when a commit is awaited (on a loaded machine, e.g. no SWITCH_ACK, or no
+// tick from v2, within the handoff's 8-tick bounds: v1 flies on, as
+// designed), is pushed again under a new serial, as a ground
 // operator would, up to three times; flying is the version that must still
 // fly after such an abort.
 func (w *world) pushUntil(im img, phase mqttapi.Phase, flying string) (*mqttapi.Manifest, time.Time, mqttapi.Event, int) {
@@ -333,10 +334,12 @@ func (w *world) pushUntil(im img, phase mqttapi.Phase, flying string) (*mqttapi.
 		e, i := w.waitEvent(fmt.Sprintf("%s of update %d", phase, m.Serial), 90*time.Second, 0, func(e mqttapi.Event) bool {
 			return e.Serial == m.Serial && e.Kind == mqttapi.KindUpdate && (e.Phase == phase || e.Phase.Terminal())
 		})
-		if e.Phase == phase || e.Result != mqttapi.ResultAborted || attempt == 3 {
+		retry := e.Result == mqttapi.ResultAborted ||
+			(phase == mqttapi.PhaseCommitted && e.Result == mqttapi.ResultRolledBack) // v1 retook in the air
+		if e.Phase == phase || !retry || attempt == 3 {
 			return m, pub, e, i
 		}
-		w.t.Logf("update %d to %s aborted before the switch (%s: %s); pushing it again", m.Serial, im.Version, e.Reason, e.Error)
+		w.t.Logf("update %d to %s ended %s (%s: %s); v1 flies on; pushing it again", m.Serial, im.Version, e.Result, e.Reason, e.Error)
 		w.checkFlying(flying)
 	}
 }
