@@ -22,6 +22,7 @@ const (
 	LabelRole       = "org.inflight.role"       // the role it was started in
 	LabelUpdate     = "org.inflight.update"     // update ID that started it, if any
 	LabelName       = "org.inflight.name"       // Spec.Name
+	LabelRealTime   = "org.inflight.realtime"   // what of Spec.RealTime was granted (RealTime values)
 )
 
 // RunDirInContainer is where the shared run directory appears inside a
@@ -71,9 +72,32 @@ type Spec struct {
 	User     string
 	GroupAdd []string
 	// RealTime grants CAP_SYS_NICE and rtprio/memlock limits so the
-	// controller may use SCHED_FIFO and mlockall. Off by default.
+	// controller may use SCHED_FIFO and mlockall. Off by default. A
+	// runtime that cannot raise the limits starts the controller without
+	// them rather than failing; Controller.RealTime says what was granted.
 	RealTime bool
 }
+
+// RealTime is what a runtime granted of Spec.RealTime (LabelRealTime).
+type RealTime string
+
+// What a runtime granted of Spec.RealTime.
+const (
+	RealTimeOff RealTime = "" // not asked for
+	// RealTimeGranted: CAP_SYS_NICE plus RLIMIT_RTPRIO 99 and unlimited
+	// RLIMIT_MEMLOCK.
+	RealTimeGranted RealTime = "granted"
+	// RealTimeNoRlimits: the engine may not raise the limits (it lacks
+	// CAP_SYS_RESOURCE), so the controller got CAP_SYS_NICE only. Whether
+	// SCHED_FIFO then works depends on the kernel, the cgroup's RT budget
+	// and whether the engine makes the capability effective for a
+	// non-root user (Docker 20.10 does not); the controller runs on with
+	// ordinary scheduling when it does not.
+	RealTimeNoRlimits RealTime = "no-rlimits"
+	// RealTimeHost: the process runtime, whose controllers have the
+	// host's own limits and the agent's capabilities.
+	RealTimeHost RealTime = "host"
+)
 
 // Defaults applied by both runtimes.
 const (
@@ -93,16 +117,18 @@ const (
 
 // Controller is a snapshot of one controller instance.
 type Controller struct {
-	ID         string
-	Name       string
-	Image      string // image ID
-	Role       Role   // from LabelRole
-	Version    string // from LabelVersion
-	UpdateID   string // from LabelUpdate
-	Labels     map[string]string
-	State      State
-	ExitCode   int // valid when State == StateExited
-	Pid        int // host pid while running, 0 otherwise
+	ID       string
+	Name     string
+	Image    string // image ID
+	Role     Role   // from LabelRole
+	Version  string // from LabelVersion
+	UpdateID string // from LabelUpdate
+	Labels   map[string]string
+	State    State
+	ExitCode int // valid when State == StateExited
+	Pid      int // host pid while running, 0 otherwise
+	// RealTime is what was granted of Spec.RealTime (from LabelRealTime).
+	RealTime   RealTime
 	StartedAt  time.Time
 	FinishedAt time.Time
 }
@@ -161,7 +187,7 @@ func (s *Spec) Validate() error {
 	}
 	for k := range s.Labels {
 		switch k {
-		case LabelController, LabelRole, LabelUpdate, LabelName:
+		case LabelController, LabelRole, LabelUpdate, LabelName, LabelRealTime:
 			return bad("label %q is reserved", k)
 		}
 	}
@@ -213,11 +239,13 @@ func (s Spec) ControllerEnv(runDir string) []string {
 	return append(env, EnvRunDir+"="+runDir, EnvRole+"="+string(s.Role), EnvName+"="+s.Name)
 }
 
-// FillFromLabels sets Role, Version, UpdateID and Name (when empty) from c.Labels.
+// FillFromLabels sets Role, Version, UpdateID, RealTime and Name (when empty)
+// from c.Labels.
 func (c *Controller) FillFromLabels() {
 	c.Role = Role(c.Labels[LabelRole])
 	c.Version = c.Labels[LabelVersion]
 	c.UpdateID = c.Labels[LabelUpdate]
+	c.RealTime = RealTime(c.Labels[LabelRealTime])
 	if c.Name == "" {
 		c.Name = c.Labels[LabelName]
 	}

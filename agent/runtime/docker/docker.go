@@ -4,7 +4,8 @@
 //
 // Every controller it starts has no network, no Docker socket, no
 // environment but the one its Spec names, all capabilities dropped
-// (CAP_SYS_NICE back only with Spec.RealTime), a read-only root, a memory and
+// (CAP_SYS_NICE back only with Spec.RealTime, with rtprio and memlock limits
+// where the engine may raise them), a read-only root, a memory and
 // a pids limit, no-new-privileges, restart policy "no" (the agent decides),
 // the shared run directory at /run/inflight and only the devices it was
 // given. It never touches a container that lacks the org.inflight.controller
@@ -22,6 +23,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -56,6 +58,8 @@ type Runtime struct {
 	log        *slog.Logger
 	logSize    string
 	logFiles   int
+	// rlimitsRefused caches the engine's refusal to raise rlimits.
+	rlimitsRefused atomic.Bool
 }
 
 var _ rt.Runtime = (*Runtime)(nil)
@@ -356,6 +360,13 @@ func (r *Runtime) Prune(ctx context.Context, opts rt.PruneOptions) ([]string, er
 // ---- controllers ----
 
 // Start creates and starts a controller container.
+//
+// With Spec.RealTime it first asks for the rtprio and memlock limits; an
+// engine that may not raise them (no CAP_SYS_RESOURCE: refused at create or,
+// with runc, at start) gets the half-made container removed and the
+// controller started again without them, CAP_SYS_NICE kept. The refusal is
+// logged once and remembered, so later starts (v2 in the air) skip the
+// failing attempt. Controller.RealTime says what was granted.
 func (r *Runtime) Start(ctx context.Context, spec rt.Spec) (rt.Controller, error) {
 	if err := spec.Validate(); err != nil {
 		return rt.Controller{}, err
@@ -364,26 +375,68 @@ func (r *Runtime) Start(ctx context.Context, spec rt.Spec) (rt.Controller, error
 	if err != nil {
 		return rt.Controller{}, err
 	}
-	cfg, host := r.containerConfig(spec, img)
 	start := time.Now()
+	grant := rt.RealTimeOff
+	if spec.RealTime {
+		grant = rt.RealTimeGranted
+		if r.rlimitsRefused.Load() {
+			grant = rt.RealTimeNoRlimits
+		}
+	}
+	id, err := r.create(ctx, spec, img, grant)
+	if grant == rt.RealTimeGranted && rlimitRefused(err) {
+		r.log.Warn("engine may not raise rlimits (no CAP_SYS_RESOURCE): realtime controllers start without rtprio/memlock limits, CAP_SYS_NICE only",
+			"name", spec.Name, "err", err)
+		r.rlimitsRefused.Store(true)
+		grant = rt.RealTimeNoRlimits
+		id, err = r.create(ctx, spec, img, grant)
+	}
+	if err != nil {
+		return rt.Controller{}, err
+	}
+	r.log.Info("controller started", "name", spec.Name, "id", id[:12], "image", img.ID, "role", spec.Role, "realtime", grant, "duration", time.Since(start))
+	return r.Get(ctx, id)
+}
+
+// create creates and starts the container of spec with grant; a container
+// that fails to start is removed.
+func (r *Runtime) create(ctx context.Context, spec rt.Spec, img rt.ImageInfo, grant rt.RealTime) (string, error) {
+	cfg, host := r.containerConfig(spec, img, grant)
 	created, err := r.cli.ContainerCreate(ctx, cfg, host, nil, nil, spec.Name)
 	if err != nil {
-		return rt.Controller{}, wrap(err, "create %s", spec.Name)
+		return "", wrap(err, "create %s", spec.Name)
 	}
 	for _, w := range created.Warnings {
 		r.log.Warn("create warning", "name", spec.Name, "warning", w)
 	}
 	if err := r.cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		rmErr := r.cli.ContainerRemove(context.WithoutCancel(ctx), created.ID, container.RemoveOptions{Force: true})
-		return rt.Controller{}, errors.Join(wrap(err, "start %s", spec.Name), wrap(rmErr, "remove %s after failed start", spec.Name))
+		return "", errors.Join(wrap(err, "start %s", spec.Name), wrap(rmErr, "remove %s after failed start", spec.Name))
 	}
-	r.log.Info("controller started", "name", spec.Name, "id", created.ID[:12], "image", img.ID, "role", spec.Role, "duration", time.Since(start))
-	return r.Get(ctx, created.ID)
+	return created.ID, nil
+}
+
+// RlimitsRefused reports whether this engine has refused to raise a
+// controller's rlimits (the probe is the first Start with Spec.RealTime).
+func (r *Runtime) RlimitsRefused() bool { return r.rlimitsRefused.Load() }
+
+// rlimitRefused recognises the engine refusing a ulimit: runc's "error
+// setting rlimit type 14: operation not permitted", crun's "setrlimit
+// `RLIMIT_RTPRIO`: Operation not permitted".
+func rlimitRefused(err error) bool {
+	if err == nil {
+		return false
+	}
+	m := strings.ToLower(err.Error())
+	return strings.Contains(m, "rlimit") && strings.Contains(m, "operation not permitted")
 }
 
 // containerConfig is the container a spec becomes; see the package comment.
-func (r *Runtime) containerConfig(spec rt.Spec, img rt.ImageInfo) (*container.Config, *container.HostConfig) {
+func (r *Runtime) containerConfig(spec rt.Spec, img rt.ImageInfo, grant rt.RealTime) (*container.Config, *container.HostConfig) {
 	labels := spec.ControllerLabels()
+	if grant != rt.RealTimeOff {
+		labels[rt.LabelRealTime] = string(grant)
+	}
 	if v := img.Labels[rt.LabelVersion]; v != "" {
 		labels[rt.LabelVersion] = v
 	}
@@ -427,8 +480,10 @@ func (r *Runtime) containerConfig(spec rt.Spec, img rt.ImageInfo) (*container.Co
 		}
 		host.Devices = append(host.Devices, container.DeviceMapping{PathOnHost: hostPath, PathInContainer: inCtr, CgroupPermissions: "rwm"})
 	}
-	if spec.RealTime {
+	if grant != rt.RealTimeOff {
 		host.CapAdd = []string{"SYS_NICE"}
+	}
+	if grant == rt.RealTimeGranted {
 		host.Ulimits = []*container.Ulimit{
 			{Name: "rtprio", Soft: 99, Hard: 99},
 			{Name: "memlock", Soft: -1, Hard: -1},

@@ -113,6 +113,9 @@ func (r *Runtime) Start(ctx context.Context, spec rt.Spec) (rt.Controller, error
 		labels = map[string]string{}
 	}
 	maps.Copy(labels, spec.ControllerLabels())
+	if spec.RealTime {
+		labels[rt.LabelRealTime] = string(rt.RealTimeHost)
+	}
 	args := spec.Args
 	if len(args) == 0 {
 		args = img.Cmd

@@ -337,6 +337,55 @@ func Run(t *testing.T, h Harness) {
 		}
 	})
 
+	// Spec.RealTime never fails a start: a runtime that cannot raise the
+	// limits starts the controller without them and says so in
+	// Controller.RealTime, the same for every start and after adoption.
+	t.Run("RealTime", func(t *testing.T) {
+		var grants []runtime.RealTime
+		for _, n := range []string{"rt1", "rt2"} {
+			s := spec(n, runtime.RoleCold, "-probe-rt", "-sleep", "0")
+			s.RealTime = true
+			c, err := rt.Start(ctx(t), s)
+			if err != nil {
+				t.Fatalf("Start with RealTime: %v", err)
+			}
+			if code, err := rt.Wait(ctx(t), c.ID); err != nil || code != 0 {
+				t.Fatalf("Wait(%s) = %d, %v", n, code, err)
+			}
+			log, _ := ReadLog(rt, c.ID, 0)
+			t.Logf("%s: realtime %q; %s", n, c.RealTime, strings.TrimSpace(log))
+			if got, err := rt2.Get(ctx(t), c.ID); err != nil || got.RealTime != c.RealTime {
+				t.Errorf("Get(%s) from another instance: realtime %q, %v; want %q", n, got.RealTime, err, c.RealTime)
+			}
+			switch c.RealTime {
+			case runtime.RealTimeGranted:
+				if !strings.Contains(log, "rtprio=99/99 memlock=unlimited/unlimited") {
+					t.Errorf("granted, but the controller saw other limits")
+				}
+			case runtime.RealTimeNoRlimits:
+				if !h.Isolated || strings.Contains(log, "rtprio=99/99") {
+					t.Errorf("no-rlimits from a runtime that is not isolated, or limits raised after all")
+				}
+			case runtime.RealTimeHost:
+				if h.Isolated {
+					t.Errorf("an isolated runtime reports host limits")
+				}
+			default:
+				t.Errorf("realtime %q", c.RealTime)
+			}
+			if h.Isolated && !strings.Contains(log, "capbnd=0000000000800000") {
+				t.Errorf("bounding set is not CAP_SYS_NICE alone")
+			}
+			grants = append(grants, c.RealTime)
+		}
+		if grants[0] != grants[1] {
+			t.Errorf("realtime granted %q then %q", grants[0], grants[1])
+		}
+		if got, err := rt.Get(ctx(t), a.ID); err != nil || got.RealTime != runtime.RealTimeOff {
+			t.Errorf("Get(a) without RealTime: realtime %q, %v", got.RealTime, err)
+		}
+	})
+
 	t.Run("Remove", func(t *testing.T) {
 		g, err := rt.Start(ctx(t), spec("g", runtime.RoleStandby))
 		if err != nil {

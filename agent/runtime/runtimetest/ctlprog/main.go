@@ -18,6 +18,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 func main() {
@@ -36,6 +37,7 @@ func main() {
 		probeDev   = flag.String("probe-dev", "", "device to open and read a byte from")
 		probePath  = flag.String("probe-path", "", "file whose absence to check, e.g. /var/run/docker.sock")
 		probeEnv   = flag.String("probe-env", "", "environment variable whose absence to check")
+		probeRT    = flag.Bool("probe-rt", false, "print the rtprio and memlock limits, the capabilities, and whether SCHED_FIFO can be had")
 		lines      = flag.Int("lines", 0, "print this many numbered lines")
 		sleep      = flag.Duration("sleep", -1, "how long to run after the setup; <0 forever")
 		exitCode   = flag.Int("exit", 0, "exit code after -sleep")
@@ -158,6 +160,9 @@ func main() {
 			say("env absent")
 		}
 	}
+	if *probeRT {
+		probeRealTime(say)
+	}
 	for i := 1; i <= *lines; i++ {
 		say("line %d", i)
 	}
@@ -175,6 +180,40 @@ func main() {
 		say("sigterm")
 		os.Exit(*termExit)
 	}
+}
+
+// probeRealTime prints "rt rtprio=CUR/MAX memlock=CUR/MAX capeff=… capbnd=…
+// fifo=ok|<errno>": what a controller started with Spec.RealTime really got.
+// The thread returns to SCHED_OTHER after a successful try.
+func probeRealTime(say func(string, ...any)) {
+	var rtprio, memlock syscall.Rlimit
+	syscall.Getrlimit(14, &rtprio) // RLIMIT_RTPRIO
+	syscall.Getrlimit(8, &memlock) // RLIMIT_MEMLOCK
+	st, _ := os.ReadFile("/proc/self/status")
+	field := func(k string) string {
+		for _, l := range strings.Split(string(st), "\n") {
+			if v, ok := strings.CutPrefix(l, k+":"); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+		return "?"
+	}
+	fifo := "ok"
+	param := [1]int32{1}
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SCHED_SETSCHEDULER, 0, 1, uintptr(unsafe.Pointer(&param))); e != 0 {
+		fifo = e.Error()
+	} else {
+		param[0] = 0
+		syscall.RawSyscall(syscall.SYS_SCHED_SETSCHEDULER, 0, 0, uintptr(unsafe.Pointer(&param)))
+	}
+	lim := func(v uint64) string {
+		if v == ^uint64(0) {
+			return "unlimited"
+		}
+		return fmt.Sprint(v)
+	}
+	say("rt rtprio=%s/%s memlock=%s/%s capeff=%s capbnd=%s fifo=%s", lim(rtprio.Cur), lim(rtprio.Max), lim(memlock.Cur), lim(memlock.Max),
+		field("CapEff"), field("CapBnd"), fifo)
 }
 
 func serve(path string, say func(string, ...any)) error {
