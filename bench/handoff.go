@@ -77,6 +77,9 @@ type HandoffResult struct {
 	Landed              bool               `json:"landed"`
 	SwitchGapMaxMS      float64            `json:"switch_gap_max_ms"`
 	SwitchGapP50MS      float64            `json:"switch_gap_p50_ms"`
+	AckTicksMax         int                `json:"ack_ticks_max"`    // committed handoffs: v1's ticks from SWITCH to SWITCH_ACK, worst
+	AckDelayMaxMS       float64            `json:"ack_delay_max_ms"` // v1's release → SWITCH_ACK processed, worst
+	AckDelayP50MS       float64            `json:"ack_delay_p50_ms"` // and median
 	ControlPeriodMS     float64            `json:"control_period_ms"`
 	MissedTicks         int                `json:"missed_ticks"`
 	WindowIntervals     int                `json:"window_intervals"`
@@ -108,6 +111,8 @@ type HandoffOne struct {
 	Detail        string             `json:"detail,omitempty"`
 	SwitchGapMS   float64            `json:"switch_gap_ms"`     // the drone's view: outgoing's last write → incoming's first
 	CtlGapMS      float64            `json:"control_gap_ms"`    // the controllers' view (CLOCK_MONOTONIC)
+	AckTicks      int                `json:"ack_ticks"`         // v1: ticks from SWITCH to SWITCH_ACK (0: no ack)
+	AckDelayMS    float64            `json:"ack_delay_ms"`      // v1: release → SWITCH_ACK processed
 	MissedTicks   int                `json:"missed_ticks"`      // PWM intervals > 1.5 periods in the window
 	MaxAttDevDeg  float64            `json:"max_att_dev_deg"`   // true attitude vs the second before
 	MaxAltDevM    float64            `json:"max_alt_dev_m"`     // true altitude vs the second before
@@ -578,6 +583,9 @@ func (f *flight) handoff(ctx context.Context, o *HandoffOptions, cur *proc, sche
 		rep = v1p
 	}
 	one.Code, one.Detail = rep.Code.String(), strings.TrimSpace(rep.Detail+" "+one.Detail)
+	if v1Known {
+		one.AckTicks, one.AckDelayMS = v1p.AckTicks, ms(v1p.AckDelay)
+	}
 	if v2Known {
 		one.CtlGapMS = v2p.ControlGapMS
 		one.MaxDivergence = r3(v2p.MaxDivergence)
@@ -602,7 +610,7 @@ func ms(d time.Duration) float64 { return r3(d.Seconds() * 1e3) }
 func (f *flight) figures(res *HandoffResult, tr *trace.Trace, steadyFrom, steadyTo float64) {
 	period := 1 / f.o.RateHz
 	limit := 1.5 * period
-	var gaps []float64
+	var gaps, acks []float64
 	phases := map[string][]float64{}
 	for i := range res.Each {
 		e := &res.Each[i]
@@ -619,6 +627,10 @@ func (f *flight) figures(res *HandoffResult, tr *trace.Trace, steadyFrom, steady
 			if e.Result == "committed" || e.Result == "replaced" {
 				gaps = append(gaps, g)
 			}
+		}
+		if e.Result == "committed" && e.AckDelayMS > 0 {
+			acks = append(acks, e.AckDelayMS)
+			res.AckTicksMax = max(res.AckTicksMax, e.AckTicks)
 		}
 		n, over := f.pwm.intervals(e.from, e.to, limit)
 		e.MissedTicks = over
@@ -662,6 +674,11 @@ func (f *flight) figures(res *HandoffResult, tr *trace.Trace, steadyFrom, steady
 	if len(gaps) > 0 {
 		res.SwitchGapMaxMS = r3(gaps[len(gaps)-1])
 		res.SwitchGapP50MS = r3(gaps[len(gaps)/2])
+	}
+	sort.Float64s(acks)
+	if len(acks) > 0 {
+		res.AckDelayMaxMS = r3(acks[len(acks)-1])
+		res.AckDelayP50MS = r3(acks[len(acks)/2])
 	}
 	res.PhaseP50MS = map[string]float64{}
 	for k, v := range phases {

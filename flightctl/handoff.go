@@ -35,6 +35,13 @@ type HandoffOptions struct {
 	// Probation and Window are v1's defaults when handoff_start leaves them
 	// zero; default 5 s and 10 s.
 	Probation, Window time.Duration
+	// Ack bounds v1's wait for SWITCH_ACK after it released the authority
+	// (and v2's attempts to take it); default 10 ms, 4 ticks at 400 Hz. v2
+	// writes T at its first tick after the SWITCH and v1 reads the ack at its
+	// next tick (the tick loop reads the socket itself), so the ack normally
+	// takes 1–2 ticks; the rest is room for a late tick. Meanwhile no one
+	// writes and the PCA9685 holds the last pulses.
+	Ack time.Duration
 	// Envelope are the limits v1 checks on v2's flight in probation.
 	Envelope Envelope
 	// Linger is how long a standby whose handoff aborted or rolled back stays
@@ -72,6 +79,9 @@ func (o *HandoffOptions) defaults() {
 	}
 	if o.Window <= 0 {
 		o.Window = 10 * time.Second
+	}
+	if o.Ack <= 0 {
+		o.Ack = 10 * time.Millisecond
 	}
 	if o.Envelope.TiltDeg <= 0 {
 		o.Envelope.TiltDeg = 25
@@ -527,12 +537,8 @@ func (h *hand) start(ctx context.Context, req *Request) (any, error) {
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(h.runDir, filepath.Clean("/" + path)[1:])
 	}
-	// Ack: 50 ms. The handoff socket's reader goroutine is not real-time:
-	// while the tick thread sleeps in clock_nanosleep, Go's scheduler can
-	// leave it waiting ~10 ms for a P, so the ack reaches v1's tick loop a few
-	// ticks after v2 wrote T (v2 flies meanwhile; v1 writes nothing).
 	t := handoff.Timeouts{Shadow: h.ticksOf(h.o.Shadow), Probation: h.ticksOf(h.o.Probation), Window: h.ticksOf(h.o.Window),
-		Ack: h.ticksOf(50 * time.Millisecond)}
+		Ack: h.ticksOf(h.o.Ack)}
 	if a.ProbationMS > 0 {
 		t.Probation = h.ticksOf(time.Duration(a.ProbationMS) * time.Millisecond)
 	}

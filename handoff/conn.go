@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,9 +50,14 @@ var (
 // socket carrying one frame per packet.
 //
 // Send and Poll are for the tick loop: each must be called from one goroutine
-// at a time, and neither allocates. A reader goroutine owned by the Conn reads
-// packets into a ring of RingSlots preallocated buffers; Poll decodes the
-// oldest into the caller's Frame. Close stops the reader.
+// at a time, and neither allocates. Received packets go through a ring of
+// RingSlots preallocated buffers, filled from two sides under one mutex: Poll
+// itself, when the ring is empty, takes the next packet off the socket with a
+// non-blocking recvfrom(MSG_DONTWAIT) — so a frame the peer sent before this
+// tick is seen at this tick, whatever the Go scheduler is doing — and a
+// reader goroutine owned by the Conn, which drains bursts (a snapshot larger
+// than the socket's buffer, ~200 KiB by default) while the tick loop sleeps. Poll decodes the oldest slot into the caller's Frame.
+// Close stops the reader.
 type Conn struct {
 	uc           *net.UnixConn
 	writeTimeout atomic.Int64
@@ -59,6 +65,8 @@ type Conn struct {
 	// send side (tick loop)
 	rc       syscall.RawConn
 	rawWrite func(fd uintptr) bool // c.sendPacket, bound once so that Send does not allocate
+	rawRecv  func(fd uintptr)      // c.recvDirect, bound once so that Poll does not allocate
+	rawWait  func(fd uintptr) bool // c.recvWait, the reader goroutine's
 	wbuf     []byte
 	wpending []byte
 	wwait    bool // rawWrite: on EAGAIN, wait (true) or report it (false)
@@ -68,27 +76,38 @@ type Conn struct {
 	wfail    atomic.Uint64
 	corrupt  atomic.Uint32 // debug: flip a byte of the frame with this sequence number
 
-	// receive ring: the reader fills slot head%RingSlots and then advances
-	// head; Poll decodes slot tail%RingSlots, and frees it (advances tail) on
-	// the next Poll, since the returned Frame aliases it.
-	slots [RingSlots][]byte
-	lens  [RingSlots]int
-	head  atomic.Uint64
-	tail  atomic.Uint64
-	held  bool
-	space chan struct{}
-	rseq  uint32
-	recv  atomic.Uint64
-	rerr  error       // set by the reader before rdone
-	rdone atomic.Bool // the reader has stopped
-	perr  error       // sticky Poll error
+	// receive ring: whoever holds rmu (the reader goroutine, or Poll when
+	// the ring is empty) reads a packet into slot head%RingSlots and then
+	// advances head; Poll decodes slot tail%RingSlots, and frees it (advances
+	// tail) on the next Poll, since the returned Frame aliases it. rmu makes
+	// a packet's read and its publication one step, so that the two readers
+	// never reorder packets.
+	rmu    sync.Mutex
+	rn     int           // the last recv's result, under rmu
+	rerrno error         // the last recv's error (nil, EAGAIN, …), under rmu
+	direct atomic.Uint64 // packets Poll took off the socket itself
+	slots  [RingSlots][]byte
+	lens   [RingSlots]int
+	head   atomic.Uint64
+	tail   atomic.Uint64
+	held   bool
+	space  chan struct{}
+	rseq   uint32
+	recv   atomic.Uint64
+	rerr   error       // set by the reader before rdone
+	rdone  atomic.Bool // the reader has stopped
+	perr   error       // sticky Poll error
 
 	closeOnce sync.Once
 	closed    chan struct{}
 	readerWG  sync.WaitGroup
 }
 
-func newConn(uc *net.UnixConn) *Conn {
+func newConn(uc *net.UnixConn) *Conn { return newConnReader(uc, true) }
+
+// newConnReader: without the reader goroutine (tests only), Poll alone reads
+// the socket.
+func newConnReader(uc *net.UnixConn, startReader bool) *Conn {
 	c := &Conn{
 		uc:     uc,
 		wbuf:   make([]byte, 0, MaxPacket),
@@ -98,13 +117,17 @@ func newConn(uc *net.UnixConn) *Conn {
 	c.writeTimeout.Store(int64(DefaultWriteTimeout))
 	c.rc, _ = uc.SyscallConn() // cannot fail on a *net.UnixConn that is open
 	c.rawWrite = c.sendPacket
+	c.rawRecv = c.recvDirect
+	c.rawWait = c.recvWait
 	for i := range c.slots {
 		// One byte more than MaxPacket: a packet that fills it was longer
 		// than MaxPacket (and truncated by the kernel).
 		c.slots[i] = make([]byte, MaxPacket+1)
 	}
-	c.readerWG.Add(1)
-	go c.reader()
+	if startReader {
+		c.readerWG.Add(1)
+		go c.reader()
+	}
 	return c
 }
 
@@ -125,7 +148,9 @@ func Dial(path string) (*Conn, error) {
 
 // Pair returns two connected Conns over a socketpair, for tests and for
 // running both sides in one process.
-func Pair() (*Conn, *Conn, error) {
+func Pair() (*Conn, *Conn, error) { return socketPair(true) }
+
+func socketPair(reader bool) (*Conn, *Conn, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("handoff: socketpair: %w", err)
@@ -145,7 +170,7 @@ func Pair() (*Conn, *Conn, error) {
 		}
 		ucs[i] = fc.(*net.UnixConn)
 	}
-	return newConn(ucs[0]), newConn(ucs[1]), nil
+	return newConnReader(ucs[0], reader), newConnReader(ucs[1], reader), nil
 }
 
 // Listener accepts handoff connections on a unix SOCK_SEQPACKET socket.
@@ -254,11 +279,60 @@ func (c *Conn) sendPacket(fd uintptr) bool {
 	}
 }
 
+// recvPacket is one non-blocking recvfrom(MSG_DONTWAIT) of the next packet into
+// slot head%RingSlots, under rmu; on a packet it publishes it (advances head).
+// It records the result in c.rn / c.rerrno: n > 0 a packet, 0 the end of the
+// connection (a handoff frame is never empty), or an errno (EAGAIN: none).
+func (c *Conn) recvPacket(fd uintptr) {
+	h := c.head.Load()
+	b := c.slots[h%RingSlots]
+	for {
+		n, _, e := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			c.rn, c.rerrno = -1, e
+			return
+		}
+		c.rn, c.rerrno = int(n), nil
+		if n > 0 {
+			c.lens[h%RingSlots] = int(n)
+			c.head.Store(h + 1)
+		}
+		return
+	}
+}
+
+// recvDirect is Poll's read (under c.rc.Control, which neither blocks nor
+// takes the fd's read lock that the reader goroutine holds while it waits).
+func (c *Conn) recvDirect(fd uintptr) { c.recvPacket(fd) }
+
+// recvWait is the reader goroutine's read under c.rc.Read: false (wait until
+// the socket is readable) when there is nothing to read.
+func (c *Conn) recvWait(fd uintptr) bool {
+	c.rmu.Lock()
+	if c.head.Load()-c.tail.Load() >= RingSlots {
+		c.rmu.Unlock()
+		return true // full: back to waiting for room
+	}
+	c.recvPacket(fd)
+	again := c.rerrno == unix.EAGAIN
+	if !again && c.rn <= 0 {
+		if c.rn == 0 {
+			c.rerr = io.EOF
+		} else {
+			c.rerr = c.rerrno
+		}
+	}
+	c.rmu.Unlock()
+	return !again
+}
+
 func (c *Conn) reader() {
 	defer c.readerWG.Done()
 	for {
-		h := c.head.Load()
-		if h-c.tail.Load() >= RingSlots {
+		if c.head.Load()-c.tail.Load() >= RingSlots {
 			select {
 			case <-c.space:
 				continue
@@ -268,16 +342,47 @@ func (c *Conn) reader() {
 				return
 			}
 		}
-		i := h % RingSlots
-		n, err := c.uc.Read(c.slots[i])
+		err := c.rc.Read(c.rawWait)
+		if err == nil && c.rerr == nil {
+			continue
+		}
 		if err != nil {
 			c.rerr = err
-			c.rdone.Store(true)
-			return
 		}
-		c.lens[i] = n
-		c.head.Store(h + 1)
+		c.rdone.Store(true)
+		return
 	}
+}
+
+// pollSocket is Poll's own read when the ring is empty: it takes the next
+// packet off the socket without blocking. It returns false when there is
+// none, or when the reader goroutine holds rmu (it is publishing a packet
+// this very moment: the next Poll gets it; the tick loop never waits for a
+// goroutine). The end of the connection seen here is made sticky at once,
+// since every packet before it has been polled.
+func (c *Conn) pollSocket() bool {
+	if c.rdone.Load() || !c.rmu.TryLock() {
+		return false
+	}
+	defer c.rmu.Unlock()
+	if c.tail.Load() != c.head.Load() {
+		return true // the reader published one meanwhile
+	}
+	if err := c.rc.Control(c.rawRecv); err != nil {
+		return false // closed locally: the reader reports it
+	}
+	switch {
+	case c.rn > 0:
+		c.direct.Add(1)
+		return true
+	case c.rn == 0:
+		c.perr = ErrClosed
+	case c.rerrno == unix.ECONNRESET:
+		c.perr = ErrClosed
+	case c.rerrno != unix.EAGAIN:
+		c.perr = fmt.Errorf("handoff: receive: %w (%v)", ErrClosed, c.rerrno)
+	}
+	return false
 }
 
 // Poll decodes the oldest received frame into f and returns true, or returns
@@ -301,7 +406,10 @@ func (c *Conn) Poll(f *Frame) (bool, error) {
 		return false, c.perr
 	}
 	t := c.tail.Load()
-	if t == c.head.Load() {
+	if t == c.head.Load() && !c.pollSocket() {
+		if c.perr != nil {
+			return false, c.perr
+		}
 		if !c.rdone.Load() || t != c.head.Load() {
 			return false, nil
 		}
@@ -336,13 +444,14 @@ func (c *Conn) Poll(f *Frame) (bool, error) {
 type ConnStats struct {
 	Sent       uint64 // frames sent
 	SendFailed uint64 // sends that failed
-	Arrived    uint64 // packets the reader has taken off the socket
+	Arrived    uint64 // packets taken off the socket (by the reader or by Poll)
+	Direct     uint64 // of which Poll took off the socket itself
 	Received   uint64 // frames Poll decoded
 }
 
 // Stats returns the counters; it is safe from any goroutine.
 func (c *Conn) Stats() ConnStats {
-	return ConnStats{Sent: c.sent.Load(), SendFailed: c.wfail.Load(), Arrived: c.head.Load(), Received: c.recv.Load()}
+	return ConnStats{Sent: c.sent.Load(), SendFailed: c.wfail.Load(), Arrived: c.head.Load(), Direct: c.direct.Load(), Received: c.recv.Load()}
 }
 
 // Close closes the socket and stops the reader goroutine; it does not wait

@@ -279,3 +279,80 @@ func TestConnZeroAllocsPerFrame(t *testing.T) {
 		t.Errorf("%v allocations per frame sent and received, want 0", allocs)
 	}
 }
+
+// pairNoReader is a pair without the reader goroutines: Poll alone reads the
+// socket, so what it returns does not depend on the Go scheduler.
+func pairNoReader(t *testing.T) (*Conn, *Conn) {
+	t.Helper()
+	a, b, err := socketPair(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// A frame sent before a Poll is returned by that very Poll: the tick loop
+// reads the socket itself, it does not wait for a goroutine (the SWITCH_ACK
+// that v2 sends after writing tick T is seen by v1's next tick).
+func TestConnPollReadsTheSocketItself(t *testing.T) {
+	a, b := pairNoReader(t)
+	var f Frame
+	for i, fr := range sampleFrames() {
+		fr := fr
+		if err := a.Send(&fr); err != nil {
+			t.Fatal(err)
+		}
+		ok, err := b.Poll(&f)
+		if !ok || err != nil {
+			t.Fatalf("frame %d: Poll right after Send = %v, %v; want the frame", i, ok, err)
+		}
+		if f.Type != fr.Type {
+			t.Fatalf("frame %d: got %v, want %v", i, f.Type, fr.Type)
+		}
+		if ok, err := b.Poll(&f); ok || err != nil {
+			t.Fatalf("frame %d: a second Poll = %v, %v; want nothing", i, ok, err)
+		}
+	}
+	// A burst, in order, then the end of the connection at the next Poll.
+	for i := 0; i < 20; i++ {
+		if err := a.Send(&Frame{Type: TypeHeartbeat, Tick: uint64(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Close()
+	for i := 0; i < 20; i++ {
+		ok, err := b.Poll(&f)
+		if !ok || err != nil || f.Tick != uint64(i) {
+			t.Fatalf("burst frame %d: %v, %v, tick %d", i, ok, err, f.Tick)
+		}
+	}
+	if _, err := b.Poll(&f); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Poll after the peer closed = %v, want ErrClosed at once", err)
+	}
+	if st := b.Stats(); st.Direct != st.Arrived || st.Arrived != uint64(len(sampleFrames())+20) {
+		t.Errorf("stats %+v: every packet should have been read by Poll", st)
+	}
+}
+
+// Poll's own read allocates nothing either.
+func TestConnDirectPollZeroAllocs(t *testing.T) {
+	a, b := pairNoReader(t)
+	f := Frame{Type: TypeTick, Inputs: make([]byte, 96), Outputs: make([]byte, 16)}
+	var g Frame
+	allocs := testing.AllocsPerRun(2000, func() {
+		f.Tick++
+		if err := a.Send(&f); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := b.Poll(&g); !ok || err != nil || g.Tick != f.Tick {
+			t.Fatalf("Poll = %v, %v, tick %d; want tick %d", ok, err, g.Tick, f.Tick)
+		}
+		if ok, err := b.Poll(&g); ok || err != nil {
+			t.Fatalf("empty Poll = %v, %v", ok, err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per frame, want 0", allocs)
+	}
+}

@@ -44,6 +44,7 @@ func main() {
 	flag.Float64Var(&o.CameraFPS, "camera-fps", 30, "simulated camera frame rate in schema 2 (negative: off)")
 	flag.DurationVar(&o.Handoff.Probation, "handoff-probation", 0, "default probation when handoff_start gives none (default 5s)")
 	flag.DurationVar(&o.Handoff.Shadow, "handoff-shadow", 0, "v1: how long v2 may take to become ready in shadow (default 10s)")
+	flag.DurationVar(&o.Handoff.Ack, "handoff-ack", 0, "v1: how long to wait for SWITCH_ACK before retaking the authority (default 10ms)")
 	flag.IntVar(&o.Handoff.Warmup, "handoff-warmup", 0, "v2: shadow ticks within tolerance before ready (default 40)")
 	flag.Float64Var(&o.Handoff.Tolerance, "handoff-tolerance-us", 0, "v2: shadow divergence tolerance, µs of ESC pulse (default 1)")
 	flag.Float64Var(&o.GainScale, "gain-scale", 0, "debug: multiply every control gain (a v2 that diverges in shadow)")
