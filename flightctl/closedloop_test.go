@@ -73,6 +73,7 @@ func flyLoop(t testing.TB, o loopOpts) loopResult {
 	var hoverStart = -1.0
 	var sumAlt, sumAtt, sumEA, sumEAtt float64
 	baroNext := 0.0
+	baroIIR := 0.0
 	in.Cmd = Command{Kind: CmdMission, Mission: m}
 	tm := 0.0
 	for tm < o.maxTime {
@@ -97,9 +98,17 @@ func flyLoop(t testing.TB, o loopOpts) loopResult {
 		in.IMUErr = false
 		in.BaroNew = false
 		if tm >= baroNext {
+			// As the bench's BMP280 at hw/baro's defaults: 16× pressure
+			// oversampling (2.6 Pa/√16 of noise), the chip's IIR filter
+			// with coefficient 4, a sample every 40 ms.
 			baroNext += 0.04
 			h := q.S.Pos[2]
-			in.BaroPa = 101325*math.Pow(1-2.25577e-5*h, 5.25588) + 1.3*rng.NormFloat64()
+			pa := 101325*math.Pow(1-2.25577e-5*h, 5.25588) + 2.6/4*rng.NormFloat64()
+			if baroIIR == 0 {
+				baroIIR = pa
+			}
+			baroIIR += (pa - baroIIR) / 4
+			in.BaroPa = baroIIR
 			in.BaroNew = true
 		}
 		in.Dt = dt

@@ -44,18 +44,31 @@ func estimate(st *State, p *Params, in *Inputs, dt float64, imuOK, baroOK bool, 
 		e.AccZ = 0 // predict on the model alone
 	}
 
-	// Altitude. While disarmed the ground reference follows the barometer
-	// and the filter is held at rest.
+	// Altitude. While disarmed the filter is held at rest and the ground
+	// reference is estimated from the barometer: a running mean (a 1-D
+	// Kalman filter whose variance, in m², is kept in P[0] — at rest the
+	// altitude's uncertainty is the reference's), forgetting with
+	// BaroRefTau so that it follows the weather on a long wait. Every
+	// barometric altitude in the air is relative to this reference, so its
+	// error is an offset of the whole flight: an exponential filter seeded
+	// with the first sample (as before) left up to 3 cm of it.
 	if baroOK {
+		if st.Mode == ModeDisarmed {
+			r := p.AltBaroNoise * p.AltBaroNoise
+			if e.BaroRef == 0 {
+				e.BaroRef, e.P[0] = in.BaroPa, r
+			} else {
+				v := e.P[0]
+				k := v / (v + r)
+				if p.BaroRefTau > 0 {
+					k = math.Max(k, 1-math.Exp(-baroGap/p.BaroRefTau))
+				}
+				e.BaroRef += k * (in.BaroPa - e.BaroRef)
+				e.P[0] = (1 - k) * v
+			}
+		}
 		if e.BaroRef == 0 {
 			e.BaroRef = in.BaroPa
-		}
-		if st.Mode == ModeDisarmed {
-			k := 1.0
-			if p.BaroRefTau > 0 {
-				k = 1 - math.Exp(-baroGap/p.BaroRefTau)
-			}
-			e.BaroRef += k * (in.BaroPa - e.BaroRef)
 		}
 		e.BaroAlt = altitudeFromPressure(in.BaroPa, e.BaroRef)
 	}
@@ -76,11 +89,18 @@ func altitudeFromPressure(pa, ref float64) float64 {
 	return 44330.77 * (1 - math.Pow(pa/ref, 0.190263))
 }
 
+// resetAltFilter holds the altitude filter at rest on the ground. P[0] is
+// the ground reference's variance (see estimate); with no reference yet, it
+// is large.
 func resetAltFilter(e *EstState, p *Params) {
 	e.Alt, e.VZ = 0, 0
 	b := e.AccBias
+	v := e.P[0]
+	if e.BaroRef == 0 || !(v > 0) || v > 0.01 {
+		v = 0.01
+	}
 	e.P = [9]float64{}
-	e.P[0] = 0.01
+	e.P[0] = v
 	e.P[4] = 0.01
 	e.P[8] = 0.02 * 0.02
 	e.AccBias = b

@@ -27,7 +27,8 @@ type Params struct {
 	AltBiasWalk    float64 // accel bias random walk, m/s² per √s
 	AltBaroNoise   float64 // barometric altitude noise, m
 	BlindAccNoise  float64 // vertical accel uncertainty assumed while the IMU is lost, m/s²
-	BaroRefTau     float64 // time constant of the ground pressure reference while disarmed, s
+	BaroRefTau     float64 // the ground pressure reference while disarmed: a running mean forgetting with this time constant, s
+	BaroRefStd     float64 // arming waits until the ground reference is this good (its standard deviation), m
 	GyroCalTime    float64 // length of a still window that calibrates the gyro, s
 	GyroCalMaxStd  float64 // max gyro std in that window, rad/s
 	GyroCalAccTol  float64 // max | |a| - g | in that window, m/s²
@@ -129,7 +130,8 @@ func DefaultParams() Params {
 		AltBiasWalk:    0.002,
 		AltBaroNoise:   0.06,
 		BlindAccNoise:  1,
-		BaroRefTau:     1.0,
+		BaroRefTau:     10,
+		BaroRefStd:     0.0125,
 		GyroCalTime:    1.0,
 		GyroCalMaxStd:  deg(0.5),
 		GyroCalAccTol:  0.5,
@@ -147,10 +149,10 @@ func DefaultParams() Params {
 		TiltCut:    deg(60),
 		ArmMaxTilt: deg(10),
 
-		AltKp:       1.6,
+		AltKp:       2.5,
 		MaxClimb:    1.0,
 		MaxDescent:  0.8,
-		VZ:          PIDGains{Kp: 4.0, Ki: 2.0, Kd: 0, ILimit: 3.0},
+		VZ:          PIDGains{Kp: 6.0, Ki: 3.0, Kd: 0, ILimit: 3.0},
 		MaxAccUp:    4.0,
 		MaxAccDown:  5.0,
 		MaxTiltComp: deg(45),

@@ -216,6 +216,10 @@ func armCheck(st *State, p *Params) Reason {
 		return ReasonBaroFail
 	case !e.Calibrated:
 		return ReasonNotCalibrated
+	case p.BaroRefStd > 0 && e.P[0] > p.BaroRefStd*p.BaroRefStd:
+		// Too few barometer samples yet for the ground reference (about
+		// 1 s at 25 Hz with the defaults, as long as the gyro's calibration).
+		return ReasonNoBaro
 	case tilt(e.Roll, e.Pitch) > p.ArmMaxTilt:
 		return ReasonNotLevel
 	}
@@ -231,6 +235,9 @@ func arm(st *State, p *Params, r Reason, out *Outputs) Reason {
 	}
 	resetControl(st, p)
 	st.Airborne = false
+	// The altitude filter starts from the settled ground reference (P[0]
+	// held its variance while disarmed) with a loose initial covariance.
+	st.Est.P[0] = 0.01
 	setMode(st, ModeArmed, r, out)
 	return ReasonNone
 }

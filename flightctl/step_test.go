@@ -558,3 +558,28 @@ func BenchmarkStep(b *testing.B) {
 		in.Cmd = Command{}
 	}
 }
+
+// The ground reference is a running mean of the barometer at rest, not an
+// exponential filter seeded with the first sample: an error in it is an
+// altitude offset for the whole flight.
+func TestBaroGroundReferenceIsTheMeanAtRest(t *testing.T) {
+	p := DefaultParams()
+	var st State
+	in := still(0, 0, [3]float64{})
+	var out Outputs
+	for i := range 41 {
+		in.BaroNew = true
+		in.BaroPa = 101325
+		if i == 0 {
+			in.BaroPa = 101335 // a first sample 10 Pa (0.8 m) off
+		}
+		Step(&st, &p, &in, &out)
+	}
+	// The mean of 41 samples is 10/41 ≈ 0.24 Pa off.
+	if d := st.Est.BaroRef - 101325; math.Abs(d) > 0.3 {
+		t.Fatalf("ground reference %.2f Pa off after 41 samples, want the mean (0.24)", d)
+	}
+	if sd := math.Sqrt(st.Est.P[0]); sd > p.AltBaroNoise/6 {
+		t.Fatalf("ground reference std %.4f m after 41 samples", sd)
+	}
+}
