@@ -88,6 +88,10 @@ type Options struct {
 	Messenger Messenger
 	// Version of the agent in reports; buildinfo.Version by default.
 	Version string
+	// StartRetry is the delay before retrying a failed start-up (first
+	// start or recovery), doubling up to StartRetryMax; 1s and 30s by
+	// default.
+	StartRetry, StartRetryMax time.Duration
 }
 
 // Agent is the update agent of one drone.
@@ -105,6 +109,7 @@ type Agent struct {
 	inbox chan mqttc.Message
 	wake  chan struct{}
 
+	pubMu      sync.Mutex // orders events: seq, backlog, publish (taken before mu)
 	mu         sync.Mutex
 	j          *journal.Journal
 	mq         Messenger
@@ -115,7 +120,22 @@ type Agent struct {
 	cur        *run
 	pending    *mqttc.Message // newest desired manifest waiting for the current update
 	clients    map[string]Controller
+	// needStart: the start-up (recovery or first start) failed and is
+	// retried with backoff until it succeeds or an update commits.
+	needStart bool
+	// ground is set while nothing runs because the first start failed: a
+	// manifest then starts v2 cold with no v1, and retries start
+	// ground.prev (as firstStart's prev).
+	ground *grounded
+	// try is the start-up attempt under way (1 for the first) and the
+	// delay before the next one should it fail, for the events.
+	try struct {
+		n    int
+		next time.Duration
+	}
 }
+
+type grounded struct{ prev *journal.Instance }
 
 // New checks the options and returns an agent; Run starts it.
 func New(o Options) (*Agent, error) {
@@ -134,6 +154,12 @@ func New(o Options) (*Agent, error) {
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = 100 * time.Millisecond
+	}
+	if o.StartRetry <= 0 {
+		o.StartRetry = time.Second
+	}
+	if o.StartRetryMax < o.StartRetry {
+		o.StartRetryMax = max(30*time.Second, o.StartRetry)
 	}
 	if o.Version == "" {
 		o.Version = buildinfo.Version
@@ -227,13 +253,47 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 
-	if err := a.recover(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
+	// A failed start-up is retried with backoff, each attempt reported;
+	// an update (a desired manifest) takes precedence.
+	retry := backoff{min: a.o.StartRetry, max: a.o.StartRetryMax}
+	var retryC <-chan time.Time
+	var retryT *time.Timer
+	defer func() {
+		if retryT != nil {
+			retryT.Stop()
 		}
-		a.log.Error("recovery", "err", err)
+	}()
+	arm := func(d time.Duration) {
+		if retryT == nil {
+			retryT = time.NewTimer(d)
+		} else {
+			retryT.Reset(d)
+		}
+		retryC = retryT.C
 	}
-
+	startUp := func() {
+		a.mu.Lock()
+		a.try.n++
+		a.try.next = retry.peek()
+		a.mu.Unlock()
+		err := a.recover(ctx)
+		a.mu.Lock()
+		if err == nil || ctx.Err() != nil || !retryable(err) {
+			a.needStart, a.try.n = false, 0
+			a.mu.Unlock()
+			if err != nil && ctx.Err() == nil {
+				a.log.Error("start-up failed, not retried: waiting for a desired manifest", "err", err)
+			}
+			retry.reset()
+			return
+		}
+		a.needStart = true
+		a.mu.Unlock()
+		d := retry.next()
+		a.log.Error("start-up failed", "err", err, "retry_in", d)
+		arm(d)
+	}
+	startUp()
 	if a.cfg.Telemetry.RateHz > 0 {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.relayTelemetry(ctx) }()
@@ -252,6 +312,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.handle(ctx, m)
 		case <-a.wake:
 			a.startPending(ctx)
+		case <-retryC:
+			retryC = nil
+			a.mu.Lock()
+			need, busy := a.needStart, a.cur != nil || a.j.Update != nil
+			a.mu.Unlock()
+			switch {
+			case !need: // an update committed meanwhile: it flies
+				retry.reset()
+			case busy: // the update goes first; look again after it
+				arm(retry.cur)
+			default:
+				startUp()
+			}
 		}
 	}
 }
@@ -371,14 +444,18 @@ func (a *Agent) Reconnected(ctx context.Context, m Messenger) {
 		a.mu.Unlock()
 		return
 	}
-	backlog := a.backlog
-	a.backlog = nil
 	a.mu.Unlock()
 	st, _ := mqttapi.Status{Online: true, AgentVersion: a.o.Version, At: a.clock.Now().UTC()}.Marshal()
 	a.publish(ctx, m, mqttc.Message{Topic: a.topics.Status, Payload: st, QoS: 1, Retain: true})
+	a.pubMu.Lock()
+	a.mu.Lock()
+	backlog := a.backlog
+	a.backlog = nil
+	a.mu.Unlock()
 	for _, e := range backlog {
 		a.publish(ctx, m, e)
 	}
+	a.pubMu.Unlock()
 	a.publishReported(ctx)
 }
 
@@ -398,8 +475,11 @@ func (a *Agent) publish(ctx context.Context, m Messenger, msg mqttc.Message) {
 	}
 }
 
-// emit publishes an event (QoS 1), holding it back until connected.
+// emit publishes an event (QoS 1), holding it back until connected. Events
+// go out in the order of their seq, held-back ones first.
 func (a *Agent) emit(ctx context.Context, e mqttapi.Event) {
+	a.pubMu.Lock()
+	defer a.pubMu.Unlock()
 	a.mu.Lock()
 	a.seq++
 	e.Seq = a.seq
@@ -422,7 +502,12 @@ func (a *Agent) emit(ctx context.Context, e mqttapi.Event) {
 		a.mu.Unlock()
 		return
 	}
+	held := a.backlog // connected, but Reconnected has not sent them yet
+	a.backlog = nil
 	a.mu.Unlock()
+	for _, h := range held {
+		a.publish(ctx, m, h)
+	}
 	a.log.Info("event", "phase", e.Phase, "serial", e.Serial, "kind", e.Kind, "result", e.Result, "reason", e.Reason, "err", e.Error)
 	a.publish(ctx, m, msg)
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -373,15 +375,142 @@ func TestRecoveryJournalBehindControllers(t *testing.T) {
 }
 
 // An agent restarted with a controller running adopts it instead of
-// starting another.
+// starting another — with its journal, and without one (by the authority
+// the controller reports) — and no retry or later start-up cold-starts a
+// second one.
 func TestRestartAdoptsRunningController(t *testing.T) {
+	for _, journal := range []bool{true, false} {
+		t.Run("journal="+strconv.FormatBool(journal), func(t *testing.T) {
+			b := newBench(t)
+			ra := b.startFlying()
+			ra.stop()
+			if !journal {
+				if err := os.Remove(b.cfg.Paths.StateDir + "/journal.json"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			restarted := time.Now()
+			ra = b.start()
+			e, seen := b.waitEvent("adopt", func(e mqttapi.Event) bool { return e.Kind == KindRecovery && e.Phase == mqttapi.PhaseIdle })
+			if !strings.Contains(e.Error, "adopted c-s0") {
+				t.Errorf("recovery %+v", e)
+			}
+			for _, e := range b.settle(seen) { // a few retry periods (5–20 ms)
+				if e.At.Before(restarted) {
+					continue // the first agent's, handed over late
+				}
+				if e.Reason == "first_start" || e.Phase == mqttapi.PhaseFailed {
+					t.Errorf("after the restart: %+v", e)
+				}
+			}
+			if n := b.rt.triesOf("c-s0"); n != 1 || len(b.rt.starts) != 1 {
+				t.Errorf("%d starts of c-s0 (%d in all), want the first only", n, len(b.rt.starts))
+			}
+			if j := ra.a.Journal(); j.Active == nil || j.Active.Name != "c-s0" || j.Active.ID != "id-c-s0" {
+				t.Errorf("journal after adoption: %+v", j.Active)
+			}
+		})
+	}
+}
+
+// A first start that fails is retried with backoff, each attempt reported,
+// until the controller flies.
+func TestFirstStartRetried(t *testing.T) {
 	b := newBench(t)
-	ra := b.startFlying()
-	ra.stop()
+	b.rt.startFail = func(sp runtime.Spec) error {
+		if b.rt.tries[sp.Name] <= 3 {
+			return errors.New("fake: engine busy")
+		}
+		return nil
+	}
+	ra := b.start()
+	e, seen := b.waitEvent("first start", func(e mqttapi.Event) bool { return e.Kind == KindRecovery && e.Phase == mqttapi.PhaseCommitted })
+	var fails []string
+	starting := 0
+	for _, e := range b.settle(seen) {
+		switch e.Phase {
+		case mqttapi.PhaseFailed:
+			fails = append(fails, e.Error)
+			if e.Reason != ReasonStart || e.Result != mqttapi.ResultFailed {
+				t.Errorf("failed event %+v", e)
+			}
+		case mqttapi.PhaseStarting:
+			starting++
+		}
+	}
+	want := []string{"next attempt in 5ms", "attempt 2: ", "next attempt in 10ms", "attempt 3: ", "next attempt in 20ms"}
+	if len(fails) != 3 || !strings.Contains(fails[0], want[0]) || !strings.HasPrefix(fails[1], want[1]) || !strings.Contains(fails[1], want[2]) ||
+		!strings.HasPrefix(fails[2], want[3]) || !strings.Contains(fails[2], want[4]) || !strings.Contains(fails[0], "engine busy") {
+		t.Errorf("failed events %q", fails)
+	}
+	if starting != 4 || !strings.HasPrefix(e.Error, "attempt 4: started c-s0 cold") {
+		t.Errorf("%d starting events; committed %+v", starting, e)
+	}
+	if n := b.rt.triesOf("c-s0"); n != 4 {
+		t.Errorf("%d starts asked for, want 4", n)
+	}
+	if j := ra.a.Journal(); j.Active == nil || j.Active.Name != "c-s0" {
+		t.Errorf("journal %+v", j.Active)
+	}
+	time.Sleep(60 * time.Millisecond)
+	if n := b.rt.triesOf("c-s0"); n != 4 {
+		t.Errorf("started again once flying: %d starts", n)
+	}
+}
+
+// An image of the wrong platform is not retried: the agent waits for a
+// desired manifest.
+func TestFirstStartWrongPlatformNotRetried(t *testing.T) {
+	b := newBench(t)
+	b.rt.addImage("local/flightctl:arm", "1.0.0", runtime.Platform{OS: "linux", Arch: "mips"})
+	b.cfg.Controller.Image = "local/flightctl:arm"
 	b.start()
-	e, _ := b.waitEvent("adopt", func(e mqttapi.Event) bool { return e.Kind == KindRecovery && e.Phase == mqttapi.PhaseIdle })
-	if e.Phase != mqttapi.PhaseIdle || !strings.Contains(e.Error, "adopted c-s0") || len(b.rt.starts) != 1 {
-		t.Errorf("recovery %+v, %d starts", e, len(b.rt.starts))
+	e, seen := b.waitEvent("failed", func(e mqttapi.Event) bool { return e.Phase == mqttapi.PhaseFailed })
+	if e.Reason != ReasonWrongArch || !strings.Contains(e.Error, "not retried") {
+		t.Errorf("failed event %+v", e)
+	}
+	if got := phases(b.settle(seen)); !slices.Equal(got, []mqttapi.Phase{mqttapi.PhaseStarting, mqttapi.PhaseFailed}) {
+		t.Errorf("events %v, want one attempt", got)
+	}
+}
+
+// While the first start keeps failing, a desired manifest goes first: its
+// image starts cold (there is no v1), commits, and the retries stop.
+func TestFirstStartRetryYieldsToManifest(t *testing.T) {
+	b := newBench(t)
+	b.rt.addImage(refV2, "2.0.0", runtime.HostPlatform())
+	b.rt.startFail = func(sp runtime.Spec) error {
+		if sp.Image == b.v1.ID {
+			return errors.New("fake: v1 never starts")
+		}
+		return nil
+	}
+	ra := b.start()
+	b.waitEvent("second failure", func(e mqttapi.Event) bool {
+		return e.Phase == mqttapi.PhaseFailed && strings.HasPrefix(e.Error, "attempt 2: ")
+	})
+	b.publish(b.topics.Desired, b.manifest("2.0.0", refV2, nil), true)
+	b.waitPhase(b.serial, mqttapi.PhaseProbation)
+	b.clock.Advance(b.cfg.Policy.Probation)
+	e, _ := b.waitPhase(b.serial, mqttapi.PhaseCommitted)
+	v2 := "c-s" + itoa(b.serial) + "-1"
+	if e.Result != mqttapi.ResultCommitted || e.Figures.PhaseMS["total"] <= 0 {
+		t.Fatalf("update %+v", e)
+	}
+	j := ra.a.Journal()
+	if j.Active == nil || j.Active.Name != v2 || j.History[len(j.History)-1].Result != mqttapi.ResultCommitted {
+		t.Errorf("journal %+v", j)
+	}
+	if sp := b.rt.starts[len(b.rt.starts)-1]; sp.Name != v2 || sp.Role != runtime.RoleCold {
+		t.Errorf("v2 started as %+v", sp)
+	}
+	tries := b.rt.triesOf("c-s0")
+	time.Sleep(100 * time.Millisecond) // several retry periods
+	if n := b.rt.triesOf("c-s0"); n != tries {
+		t.Errorf("v1 started %d more times after v2 committed", n-tries)
+	}
+	if n := b.rt.names(); len(n) != 1 || n[0] != v2 {
+		t.Errorf("running %v", n)
 	}
 }
 

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -137,6 +139,10 @@ type fakeRuntime struct {
 	pulls   int
 	starts  []runtime.Spec
 	pullErr error
+	// startFail, when set, may fail a Start before anything is made;
+	// tries counts every Start asked for, by name.
+	startFail func(spec runtime.Spec) error
+	tries     map[string]int
 	// newCtl sets up each started controller's status and script.
 	newCtl func(spec runtime.Spec, f *fakeCtl)
 }
@@ -225,6 +231,15 @@ func (r *fakeRuntime) Start(ctx context.Context, spec runtime.Spec) (runtime.Con
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.tries == nil {
+		r.tries = map[string]int{}
+	}
+	r.tries[spec.Name]++
+	if r.startFail != nil {
+		if err := r.startFail(spec); err != nil {
+			return runtime.Controller{}, err
+		}
+	}
 	if _, ok := r.ctls[spec.Name]; ok {
 		return runtime.Controller{}, fmt.Errorf("fake: %s: %w", spec.Name, runtime.ErrExists)
 	}
@@ -299,6 +314,12 @@ func (r *fakeRuntime) Remove(ctx context.Context, id string) error {
 	delete(r.ctls, c.Name)
 	delete(r.fakes, c.Name)
 	return nil
+}
+
+func (r *fakeRuntime) triesOf(name string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.tries[name]
 }
 
 func (r *fakeRuntime) ctl(name string) *fakeCtl {
@@ -419,6 +440,7 @@ type runningAgent struct {
 func (b *bench) start() *runningAgent {
 	b.t.Helper()
 	a, err := New(Options{Config: b.cfg, Runtime: b.rt, Keyring: b.kr, Clock: b.clock, PollInterval: 10 * time.Millisecond,
+		StartRetry: 5 * time.Millisecond, StartRetryMax: 20 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(testWriter{b.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		b.t.Fatal(err)
@@ -515,7 +537,11 @@ func (b *bench) waitPhase(serial uint64, p mqttapi.Phase) (mqttapi.Event, []mqtt
 	return b.waitEvent(string(p), func(e mqttapi.Event) bool { return e.Serial == serial && e.Phase == p })
 }
 
+// phases lists the phases of evs in seq order (the ground's client may hand
+// events over out of order), without repeats.
 func phases(evs []mqttapi.Event) []mqttapi.Phase {
+	evs = slices.Clone(evs)
+	slices.SortStableFunc(evs, func(a, b mqttapi.Event) int { return cmp.Compare(a.Seq, b.Seq) })
 	var out []mqttapi.Phase
 	for _, e := range evs {
 		if len(out) == 0 || out[len(out)-1] != e.Phase {
@@ -523,6 +549,27 @@ func phases(evs []mqttapi.Event) []mqttapi.Phase {
 		}
 	}
 	return out
+}
+
+// settle waits for stragglers (the ground's client may hand events over out
+// of order) and returns seen plus them, in seq order.
+func (b *bench) settle(seen []mqttapi.Event) []mqttapi.Event {
+	time.Sleep(100 * time.Millisecond)
+	seen = append(slices.Clone(seen), drain(b.events)...)
+	slices.SortStableFunc(seen, func(a, b mqttapi.Event) int { return cmp.Compare(a.Seq, b.Seq) })
+	return seen
+}
+
+func drain(c chan mqttapi.Event) []mqttapi.Event {
+	var out []mqttapi.Event
+	for {
+		select {
+		case e := <-c:
+			out = append(out, e)
+		default:
+			return out
+		}
+	}
 }
 
 // eventually polls cond for up to 10 s.

@@ -175,7 +175,18 @@ func (a *Agent) recoverIdle(ctx context.Context, ctls map[string]runtime.Control
 			return fmt.Errorf("agent: controller %s runs but does not answer as the authority holder; not starting another", c.Name)
 		}
 	}
+	a.mu.Lock()
+	if a.ground != nil {
+		active = a.ground.prev // a cold update that failed may have cleared the journal's
+	}
+	a.mu.Unlock()
 	return a.firstStart(ctx, active)
+}
+
+// retryable says whether a failed start-up may succeed when tried again:
+// not for an image of the wrong platform or a spec the config makes invalid.
+func retryable(err error) bool {
+	return !errors.Is(err, runtime.ErrWrongPlatform) && !errors.Is(err, runtime.ErrIncompatible) && !errors.Is(err, runtime.ErrInvalidSpec)
 }
 
 // firstStart starts a controller cold: the configured image, or the image
@@ -187,7 +198,29 @@ func (a *Agent) firstStart(ctx context.Context, prev *journal.Instance) error {
 	if prev != nil && prev.Image.ID != "" {
 		img, name, serial = prev.Image, prev.Name, prev.Serial
 	}
-	a.emit(ctx, mqttapi.Event{Kind: KindRecovery, Phase: mqttapi.PhaseStarting, Version: img.Version, Reason: "first_start", Error: "no controller runs: starting " + img.Ref + " cold"})
+	a.mu.Lock()
+	try := a.try
+	a.mu.Unlock()
+	attempt := ""
+	if try.n > 1 {
+		attempt = fmt.Sprintf("attempt %d: ", try.n)
+	}
+	// Each failure is an event saying when the next attempt comes; what
+	// was started is removed, so that nothing half-started blocks it.
+	failed := func(reason string, err error) error {
+		err = fmt.Errorf("agent: first start: %w", err)
+		next := "not retried: waiting for a desired manifest"
+		if retryable(err) {
+			next = fmt.Sprintf("next attempt in %v", try.next)
+		}
+		a.mu.Lock()
+		a.ground = &grounded{prev: prev}
+		a.mu.Unlock()
+		a.emit(ctx, mqttapi.Event{Kind: KindRecovery, Phase: mqttapi.PhaseFailed, Result: mqttapi.ResultFailed, Reason: reason,
+			Error: fmt.Sprintf("%s%v; %s", attempt, err, next)})
+		return err
+	}
+	a.emit(ctx, mqttapi.Event{Kind: KindRecovery, Phase: mqttapi.PhaseStarting, Version: img.Version, Reason: "first_start", Error: attempt + "no controller runs: starting " + img.Ref + " cold"})
 	dctx, cancel := a.deadline(ctx, a.cfg.Timeouts.Fetch)
 	info, err := a.rt.Inspect(dctx, firstNonEmpty(img.ID, img.Ref))
 	if errors.Is(err, runtime.ErrNotFound) && strings.Contains(img.Ref, "@sha256:") {
@@ -195,25 +228,31 @@ func (a *Agent) firstStart(ctx context.Context, prev *journal.Instance) error {
 	}
 	cancel()
 	if err != nil {
-		a.emit(ctx, mqttapi.Event{Kind: KindRecovery, Phase: mqttapi.PhaseFailed, Result: mqttapi.ResultFailed, Reason: ReasonFetch, Error: err.Error()})
-		return fmt.Errorf("agent: first start: image %s: %w", img.Ref, err)
+		return failed(ReasonFetch, fmt.Errorf("image %s: %w", img.Ref, err))
 	}
 	if err := runtime.CheckImage(info, a.o.Platform, 0); err != nil {
-		a.emit(ctx, mqttapi.Event{Kind: KindRecovery, Phase: mqttapi.PhaseFailed, Result: mqttapi.ResultFailed, Reason: ReasonWrongArch, Error: err.Error()})
-		return fmt.Errorf("agent: first start: %w", err)
+		return failed(ReasonWrongArch, err)
 	}
 	img.ID, img.Version = info.ID, info.Version()
-	ctl, _, err := a.startController(ctx, a.spec(name, info.ID, runtime.RoleCold, serial))
+	spec := a.spec(name, info.ID, runtime.RoleCold, serial)
+	ctl, _, err := a.startController(ctx, spec)
 	if err != nil {
-		a.emit(ctx, mqttapi.Event{Kind: KindRecovery, Phase: mqttapi.PhaseFailed, Result: mqttapi.ResultFailed, Reason: ReasonStart, Error: err.Error()})
-		return fmt.Errorf("agent: first start: %w", err)
+		if ctl.ID != "" {
+			a.removeInstance(ctx, &journal.Instance{Name: name, ID: ctl.ID})
+		}
+		return failed(ReasonStart, err)
 	}
 	in := &journal.Instance{Name: name, ID: ctl.ID, Image: img, Serial: serial, Since: a.clock.Now().UTC()}
 	a.mu.Lock()
 	a.j.Active = in
+	a.ground = nil
 	err = a.saveLocked()
 	a.mu.Unlock()
-	a.emit(ctx, mqttapi.Event{Kind: KindRecovery, Phase: mqttapi.PhaseCommitted, Version: img.Version, Result: mqttapi.ResultCommitted, Reason: "first_start", Error: "started " + name + " cold"})
+	what := attempt + "started " + name + " cold"
+	if spec.RealTime && ctl.RealTime == runtime.RealTimeNoRlimits {
+		what += " (realtime not granted: the engine may not raise rtprio/memlock; CAP_SYS_NICE only)"
+	}
+	a.emit(ctx, mqttapi.Event{Kind: KindRecovery, Phase: mqttapi.PhaseCommitted, Version: img.Version, Result: mqttapi.ResultCommitted, Reason: "first_start", Error: what})
 	a.publishReported(ctx)
 	return err
 }

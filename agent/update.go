@@ -216,7 +216,7 @@ func (a *Agent) begin(ctx context.Context, m *mqttapi.Manifest, raw []byte, topi
 	now := a.clock.Now().UTC()
 	a.mu.Lock()
 	var v1 *journal.Instance
-	if a.j.Active != nil {
+	if a.j.Active != nil && a.ground == nil { // grounded: nothing runs, v2 starts cold
 		c := *a.j.Active
 		v1 = &c
 	}
@@ -889,6 +889,9 @@ func (a *Agent) finish(ctx context.Context, p mqttapi.Phase, result, reason stri
 	}
 	if u.Kind == mqttapi.KindUpdate && u.Serial > a.j.LastSerial {
 		a.j.LastSerial = u.Serial
+	}
+	if result == mqttapi.ResultCommitted { // v2 flies: no first start to retry
+		a.needStart, a.ground = false, nil
 	}
 	a.j.AddResult(res)
 	prev := u.Phase
