@@ -359,9 +359,16 @@ func (c *Conn) reader() {
 // none, or when the reader goroutine holds rmu (it is publishing a packet
 // this very moment: the next Poll gets it; the tick loop never waits for a
 // goroutine). The end of the connection seen here is made sticky at once,
-// since every packet before it has been polled.
-func (c *Conn) pollSocket() bool {
-	if c.rdone.Load() || !c.rmu.TryLock() {
+// since every packet before it has been polled. With wait (a drain, see
+// pollWait) it waits for the reader goroutine's publication instead, which
+// takes no longer than one non-blocking recvfrom.
+func (c *Conn) pollSocket(wait bool) bool {
+	if c.rdone.Load() {
+		return false
+	}
+	if wait {
+		c.rmu.Lock()
+	} else if !c.rmu.TryLock() {
 		return false
 	}
 	defer c.rmu.Unlock()
@@ -393,7 +400,15 @@ func (c *Conn) pollSocket() bool {
 // repeat (ErrSequence), an oversized packet (ErrTooLarge), or the end of the
 // connection (ErrClosed, after every frame received before it) make this and
 // every later Poll fail.
-func (c *Conn) Poll(f *Frame) (bool, error) {
+func (c *Conn) Poll(f *Frame) (bool, error) { return c.poll(f, false) }
+
+// pollWait is Poll for a drain: false means that no packet the peer sent
+// before this call is left, even one the reader goroutine was publishing at
+// that instant (Poll would return false for it and leave it to the next
+// Poll). It never blocks on the socket.
+func (c *Conn) pollWait(f *Frame) (bool, error) { return c.poll(f, true) }
+
+func (c *Conn) poll(f *Frame, wait bool) (bool, error) {
 	if c.held {
 		c.held = false
 		c.tail.Add(1)
@@ -406,7 +421,7 @@ func (c *Conn) Poll(f *Frame) (bool, error) {
 		return false, c.perr
 	}
 	t := c.tail.Load()
-	if t == c.head.Load() && !c.pollSocket() {
+	if t == c.head.Load() && !c.pollSocket(wait) {
 		if c.perr != nil {
 			return false, c.perr
 		}

@@ -510,11 +510,55 @@ func (o *Outgoing) tryRetake() {
 		return
 	}
 	o.retaking = false
+	o.drainPeer()
 	o.writing = true
 	o.rep.Writing = true
 	o.rep.Seized = seize
 	o.conn.Close()
-	o.log.Info("handoff: authority retaken", "seized", seize, "retake_ticks", o.rep.Retakes)
+	o.log.Info("handoff: authority retaken", "seized", seize, "retake_ticks", o.rep.Retakes, "peer_next", o.peerNext)
+}
+
+// drainPeer follows, right after v1 retook the authority and before it
+// writes, every tick v2 wrote that v1 has not followed yet. v2 sends each
+// TICK right after its write and releases the authority only in a later
+// Tick (on the ROLLBACK or ABORT, or on its own failure), so by the time
+// v1's Acquire succeeds every tick v2 wrote is on the socket: v2 may have
+// written ticks after v1's last poll (v2's tick running while v1 decided to
+// roll back, or while v1 was retrying the lock), and without them v1 would
+// write a tick number v2 already wrote. A seized v2 (hung) may have written
+// a tick it never sent; nothing can follow that one.
+//
+// SWITCH_ACK(T) (an ABORT for no-ack that crossed the ack) starts the
+// stream at T. Other frames are skipped; the end of the connection or an
+// error ends the drain.
+func (o *Outgoing) drainPeer() {
+	if !o.switchSent {
+		return // v2 never held the authority
+	}
+	acked := o.rep.Phase == PhaseRolledBack || o.peerNext != 0
+	for i := 0; i < 4*RingSlots; i++ {
+		ok, err := o.conn.pollWait(&o.rx)
+		if err != nil || !ok {
+			return
+		}
+		o.rep.FramesReceived++
+		switch f := &o.rx; {
+		case f.Type == TypeSwitchAck && f.Tick == o.switchT && !acked:
+			acked = true
+			o.peerNext = o.switchT
+		case f.Type == TypeTick && acked:
+			if f.Tick != o.peerNext {
+				o.log.Error("handoff: draining v2's ticks after the retake: out of step", "tick", f.Tick, "expected", o.peerNext)
+				return
+			}
+			if err := o.cfg.Follow(f.Tick, f.Inputs, f.Outputs); err != nil {
+				o.log.Error("handoff: draining v2's ticks after the retake: follow", "tick", f.Tick, "err", err)
+				return
+			}
+			o.peerNext++
+			o.rep.Drained++
+		}
+	}
 }
 
 func (o *Outgoing) enter(p Phase) {

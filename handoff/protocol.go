@@ -235,6 +235,7 @@ type Report struct {
 	AckDelay   time.Duration `json:"ack_delay"`           // v1: release → SWITCH_ACK processed; v2: SWITCH processed → first write
 	Retakes    int           `json:"retake_ticks"`        // v1: ticks it spent retaking the authority (no writer of its own)
 	Seized     bool          `json:"seized"`              // v1 had to seize the authority
+	Drained    int           `json:"drained_ticks"`       // v1: v2's ticks followed right after the retake, before v1's first write
 	Probation  uint64        `json:"probation_ticks"`     // ticks of probation (v1) or of active streaming (v2)
 	PeerLost   bool          `json:"peer_lost,omitempty"` // the peer vanished (v2 committed without PROBATION_END)
 	Overdue    bool          `json:"overdue,omitempty"`   // v2: no PROBATION_END long after the probation should have ended

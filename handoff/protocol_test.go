@@ -131,6 +131,7 @@ type harness struct {
 	// faults
 	v1dead, v1hung bool
 	v2dead, v2hung bool
+	v2hungAtSwitch bool             // v2 hangs as it receives the SWITCH
 	v2badAfter     float64          // v2's gain once it writes (0: unchanged)
 	onStep         func(h *harness) // before v1's half of a step
 	afterV1        func(h *harness) // between v1's half and v2's
@@ -258,6 +259,17 @@ func (h *harness) step() {
 	if h.afterV1 != nil {
 		h.afterV1(h)
 	}
+	if h.v2hungAtSwitch && h.out.switchSent {
+		h.v2hung = true
+	}
+	h.v2Half()
+	h.steps++
+	h.clock.t = h.clock.t.Add(2500 * time.Microsecond)
+}
+
+// v2Half is v2's half of a step: its Tick and, holding the authority, its
+// write.
+func (h *harness) v2Half() {
 	if !h.v2dead && !h.v2hung {
 		if h.in.Tick() && !h.v2hung && !h.v2dead {
 			c := &h.c2
@@ -274,8 +286,6 @@ func (h *harness) step() {
 		}
 		settle(h.t, h.b, h.a)
 	}
-	h.steps++
-	h.clock.t = h.clock.t.Add(2500 * time.Microsecond)
 }
 
 // run steps until cond or max steps; it returns the steps taken.
@@ -653,6 +663,94 @@ func TestHandoffEnvelopeRollsBack(t *testing.T) {
 	}
 	h.checkOneWriter(gaps)
 	t.Logf("rolled back: %s (seized=%v, %d ticks without a writer)", r1.Detail, r1.Seized, gaps)
+}
+
+// The race behind a flaky TestHandoffEnvelopeRollback (flightctl): v1 polls
+// (v2's tick T-1), and while it decides to roll back, v2's tick runs on the
+// other core: no ROLLBACK yet, so v2 writes T and sends TICK(T). v2 releases
+// on the ROLLBACK at its next tick, and v1's retake succeeds. v1 must follow
+// TICK(T) before it writes, or it writes T a second time.
+func TestHandoffRollbackFollowsTicksWrittenMeanwhile(t *testing.T) {
+	h := newHarness(t, nil)
+	fired := false
+	h.envelope = func(tick uint64) error {
+		if h.out.rep.Probation < 5 || fired {
+			return nil
+		}
+		fired = true
+		h.v2Half() // v2's tick, concurrent with v1's between its poll and its ROLLBACK
+		return fmt.Errorf("tick %d: out of the envelope", tick)
+	}
+	h.run(200, h.bothDone)
+	r1, r2 := h.out.Progress(), h.in.Progress()
+	if r1.Phase != PhaseRolledBack || r1.Code != CodeEnvelope || !r1.Writing {
+		t.Fatalf("v1 %v %v writing=%v: %q", r1.Phase, r1.Code, r1.Writing, r1.Detail)
+	}
+	if r2.Phase != PhaseRolledBack || r2.Writing {
+		t.Fatalf("v2 %v writing=%v", r2.Phase, r2.Writing)
+	}
+	if r1.Drained != 1 {
+		t.Errorf("v1 drained %d ticks after the retake, want 1", r1.Drained)
+	}
+	// v2 wrote T in v1's step; v1 writes T+1 two steps later (v2 releases
+	// on the ROLLBACK in the step after, v1 retakes in the next).
+	h.checkOneWriter(h.gaps())
+	if h.gaps() > 1+defaultTimeouts().SeizeAfter {
+		t.Errorf("%d ticks without a writer", h.gaps())
+	}
+}
+
+// No-ack abort crossing the ack: after v1's last poll, and before v2 sees
+// the ABORT, v2 takes the authority, writes T, sends SWITCH_ACK(T) and
+// TICK(T), and hangs. v1 seizes, and must follow T from the drain (the
+// stream starts at the SWITCH_ACK) before it writes T+1.
+func TestHandoffNoAckCrossingAckFollowsT(t *testing.T) {
+	h := newHarness(t, nil)
+	h.v2hungAtSwitch = true
+	crossed := false
+	h.out.cfg.Authority = &hookAuth{fakeAuth: fakeAuth{l: &h.lock, id: 1}, before: func() {
+		if crossed || !h.out.switchSent {
+			return
+		}
+		crossed = true
+		// v2's tick, run concurrently with v1's: it polled before the ABORT.
+		if err := h.lock2().Acquire(false); err != nil {
+			t.Fatal(err)
+		}
+		T := h.out.switchT
+		h.c2.tick = T
+		h.pwm(2, T)
+		in := binary.LittleEndian.AppendUint64(nil, math.Float64bits(sensor(T)))
+		for _, f := range []Frame{{Type: TypeSwitchAck, Tick: T}, {Type: TypeTick, Tick: T, Inputs: in, Outputs: h.c2.outputs(nil)}} {
+			if err := h.b.Send(&f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		settle(t, h.b, h.a)
+	}}
+	h.run(100, func() bool { return h.out.Phase().Terminal() && !h.out.retaking })
+	h.run(5, nil)
+	r1 := h.out.Progress()
+	if r1.Phase != PhaseAborted || r1.Code != CodeNoAck || !r1.Writing || !r1.Seized {
+		t.Fatalf("v1 %v %v writing=%v seized=%v: %q", r1.Phase, r1.Code, r1.Writing, r1.Seized, r1.Detail)
+	}
+	if r1.Drained != 1 {
+		t.Errorf("v1 drained %d ticks after the retake, want 1", r1.Drained)
+	}
+	h.checkOneWriter(h.gaps())
+}
+
+func (h *harness) lock2() *fakeAuth { return &fakeAuth{l: &h.lock, id: 2} }
+
+// hookAuth runs before ahead of each Acquire.
+type hookAuth struct {
+	fakeAuth
+	before func()
+}
+
+func (a *hookAuth) Acquire(seize bool) error {
+	a.before()
+	return a.fakeAuth.Acquire(seize)
 }
 
 // v1 dies in shadow: v2 stays standby, never takes the authority, and ends.
