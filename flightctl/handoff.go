@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -50,7 +51,8 @@ type HandoffOptions struct {
 
 	// Fault injection (bench and tests only). DieIn and StallIn are a handoff
 	// phase name, optionally followed by ":<ticks>": the process SIGKILLs or
-	// SIGSTOPs itself that many ticks after entering the phase.
+	// SIGSTOPs itself that many ticks after entering the phase (as PID 1,
+	// which cannot signal itself, it emulates them: see hand.fault).
 	DieIn, StallIn string
 	// CorruptFrame: the outgoing handoff frame with this sequence number is
 	// sent with a byte flipped.
@@ -239,6 +241,7 @@ type hand struct {
 	period  time.Duration
 	stop    context.CancelFunc
 	faults  [2]faultAt
+	freeze  func() // stall fault: stops the control socket's answers
 
 	// Loop goroutine only.
 	side       side
@@ -302,7 +305,7 @@ func (h *hand) Open() bool {
 		if f := &h.faults[i]; f.on && f.phase == ph && h.phaseTicks > f.ticks {
 			f.on = false
 			h.log.Warn("fault injection", "signal", f.sig.String(), "phase", ph.String(), "ticks", h.phaseTicks)
-			_ = syscall.Kill(syscall.Getpid(), f.sig)
+			h.fault(f.sig)
 		}
 	}
 	h.deviation()
@@ -318,6 +321,40 @@ func (h *hand) Open() bool {
 	h.pubFig = h.fig
 	h.mu.Unlock()
 	return w
+}
+
+// fault injects a fault from the tick loop: SIGKILL (die) or SIGSTOP
+// (stall). Outside a PID namespace's init the process signals itself. PID 1
+// (flightctl as a container's entry point) cannot: the kernel drops the
+// signals an init sends itself that it has no handler for, and SIGKILL and
+// SIGSTOP cannot have one. So there, die exits at once with status 137 (as
+// SIGKILL would report), straight from the tick thread, running no deferred
+// function or cleanup: the kernel frees the flock and closes the sockets as
+// in a crash. Stall freezes the control path instead of the process: the
+// tick thread blocks for good while holding whatever it holds (the PWM lock
+// included), so no more PWM writes, handoff frames or heartbeats go out, and
+// the control socket stops answering (ControlServer.Freeze); nothing is
+// closed. Only a SIGKILL from outside the container (docker kill) ends it.
+func (h *hand) fault(sig syscall.Signal) {
+	if !faultInProcess() {
+		_ = syscall.Kill(syscall.Getpid(), sig)
+		return
+	}
+	if sig == syscall.SIGKILL {
+		unix.Exit(137)
+	}
+	if h.freeze != nil {
+		h.freeze()
+	}
+	for {
+		time.Sleep(time.Hour) // a sleeping goroutine: no "all goroutines are asleep"
+	}
+}
+
+// faultInProcess: the faults are emulated in process when this is a PID
+// namespace's init, or when INFLIGHT_FAULT_IN_PROCESS=1 (tests).
+func faultInProcess() bool {
+	return syscall.Getpid() == 1 || os.Getenv("INFLIGHT_FAULT_IN_PROCESS") == "1"
 }
 
 // ended handles a finished handoff on the loop goroutine.

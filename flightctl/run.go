@@ -326,6 +326,7 @@ func Run(ctx context.Context, o Options) error {
 	srv := NewControlServer(log)
 	RegisterFlightCommands(srv, l, o.Name)
 	h.register(srv)
+	h.freeze = srv.Freeze
 	srv.Handle("status", func(ctx context.Context, req *Request) (any, error) {
 		var snap Snapshot
 		l.Snapshot(&snap)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/inflight-ota/inflight/internal/buildinfo"
@@ -66,6 +67,7 @@ type ControlServer struct {
 	Timeout  time.Duration // per request; default 2 s
 	mu       sync.Mutex
 	handlers map[string]Handler
+	frozen   atomic.Bool
 }
 
 // NewControlServer returns a server with no commands.
@@ -149,11 +151,19 @@ func (s *ControlServer) serveConn(ctx context.Context, c net.Conn) {
 			continue
 		}
 		resp := s.Do(ctx, line)
+		if s.frozen.Load() {
+			select {} // the stall fault: no answer, ever
+		}
 		if err := enc.Encode(resp); err != nil {
 			return
 		}
 	}
 }
+
+// Freeze makes the server answer nothing more, from now on and for good:
+// every request is read and left unanswered (the stall fault injection of a
+// process that cannot SIGSTOP itself). Safe from any goroutine.
+func (s *ControlServer) Freeze() { s.frozen.Store(true) }
 
 // Do serves one request line and returns its response.
 func (s *ControlServer) Do(ctx context.Context, line []byte) Response {

@@ -48,8 +48,8 @@ func main() {
 	flag.IntVar(&o.Handoff.Warmup, "handoff-warmup", 0, "v2: shadow ticks within tolerance before ready (default 40)")
 	flag.Float64Var(&o.Handoff.Tolerance, "handoff-tolerance-us", 0, "v2: shadow divergence tolerance, µs of ESC pulse (default 1)")
 	flag.Float64Var(&o.GainScale, "gain-scale", 0, "debug: multiply every control gain (a v2 that diverges in shadow)")
-	flag.StringVar(&o.Handoff.DieIn, "debug-die-in", "", "debug: SIGKILL itself in this handoff phase, e.g. shadow or probation:200 (ticks into it)")
-	flag.StringVar(&o.Handoff.StallIn, "debug-stall-in", "", "debug: SIGSTOP itself in this handoff phase, e.g. active:400")
+	flag.StringVar(&o.Handoff.DieIn, "debug-die-in", "", "debug: SIGKILL itself in this handoff phase, e.g. shadow or probation:200 (ticks into it); as PID 1, exit 137 at once")
+	flag.StringVar(&o.Handoff.StallIn, "debug-stall-in", "", "debug: SIGSTOP itself in this handoff phase, e.g. active:400; as PID 1, freeze the tick thread and the control socket")
 	var corrupt uint
 	flag.UintVar(&corrupt, "debug-corrupt-frame", 0, "debug: send the handoff frame with this sequence number corrupted")
 	flag.TextVar(&level, "log-level", slog.LevelInfo, "debug, info, warn or error")
