@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"periph.io/x/devices/v3/bmxx80"
 	"periph.io/x/devices/v3/pca9685"
 
+	"github.com/inflight-ota/inflight/hw"
 	"github.com/inflight-ota/inflight/hw/simbus"
 	"github.com/inflight-ota/inflight/sim"
 	"github.com/inflight-ota/inflight/sim/chips"
@@ -108,7 +110,16 @@ func TestPeriphDriversAgainstBench(t *testing.T) {
 	if fi, err := os.Stat(b.path); err != nil || fi.Mode().Perm() != 0o666 {
 		t.Fatalf("socket mode %v (%v), want 0666", fi.Mode(), err)
 	}
-	bus := b.dial("alpha")
+	// Only hw.OpenBus and periph's own drivers, as a program on a Pi would.
+	bus, err := hw.OpenBus("unix://" + b.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	alpha := filepath.Base(os.Args[0]) + "-" + strconv.Itoa(os.Getpid()) // hw.OpenBus's client name
+	if len(alpha) > simbus.MaxName {
+		alpha = alpha[len(alpha)-simbus.MaxName:]
+	}
 
 	// BMP280 through bmxx80.
 	baro, err := bmxx80.NewI2C(bus, chips.AddrBMP280, &bmxx80.DefaultOpts)
@@ -172,13 +183,13 @@ func TestPeriphDriversAgainstBench(t *testing.T) {
 	}
 	found := false
 	for _, s := range tr.Samples {
-		if s.PWM == want && s.Writer == "alpha" {
+		if s.PWM == want && s.Writer == alpha {
 			found = true
 			break
 		}
 	}
 	if !found {
-		t.Fatalf("no sample with pwm_us %v written by alpha; last %+v", want, tr.Samples[len(tr.Samples)-1])
+		t.Fatalf("no sample with pwm_us %v written by %s; last %+v", want, alpha, tr.Samples[len(tr.Samples)-1])
 	}
 	if tr.Summary == nil || tr.Summary.ReinitEvents != 0 || tr.Summary.TwoWriterEvents != 0 || tr.Summary.Clients != 1 {
 		t.Fatalf("summary %+v: a cold init on the ground is no reinit", tr.Summary)
