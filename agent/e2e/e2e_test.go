@@ -444,9 +444,10 @@ func TestInAirFaults(t *testing.T) {
 	t.Run("CrashAfterSwitch", func(t *testing.T) {
 		w.t = t
 		// v2 crashes as soon as it flies: SIGKILL from outside, as the
-		// kernel kills a crashed process. (flightctl --debug-die-in cannot
-		// do it inside a container: there it is PID 1, and the kernel drops
-		// the SIGKILL a namespace's init sends itself.)
+		// kernel kills a crashed process. (flightctl --debug-die-in would
+		// also do inside a container, where flightctl is PID 1 and exits
+		// abruptly instead of signalling itself; a kill from outside needs
+		// no debug flag in the image.)
 		m, pub, e, _ := w.pushUntil(v2bad, mqttapi.PhaseProbation, flying.Version)
 		if e.Phase != mqttapi.PhaseProbation {
 			t.Fatalf("update to %s never switched: ended %s (%s): %s", v2bad.Version, e.Result, e.Reason, e.Error)
