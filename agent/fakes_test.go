@@ -24,6 +24,7 @@ import (
 	"github.com/inflight-ota/inflight/agent/runtime"
 	"github.com/inflight-ota/inflight/ctlsock"
 	"github.com/inflight-ota/inflight/ctlsock/ctlsocktest"
+	"github.com/inflight-ota/inflight/internal/testsvc"
 	"github.com/inflight-ota/inflight/mqttapi"
 	"github.com/inflight-ota/inflight/mqttapi/mqttc"
 )
@@ -354,7 +355,7 @@ func startBroker(t *testing.T) string {
 	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() { testsvc.CloseBroker(srv) })
 	return "tcp://" + l.Address()
 }
 

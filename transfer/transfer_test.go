@@ -119,7 +119,7 @@ func TestTransfer(t *testing.T) {
 			var addr string
 			if b == "mochi" {
 				srv, a := startBroker(t, "127.0.0.1:0")
-				t.Cleanup(func() { srv.Close() })
+				t.Cleanup(func() { testsvc.CloseBroker(srv) })
 				addr = a
 			} else {
 				addr = testsvc.Mosquitto(t)
@@ -161,7 +161,7 @@ func TestTransfer(t *testing.T) {
 // exactly the chunks the drone did not report, none it had.
 func TestResumeAfterSenderCut(t *testing.T) {
 	srv, addr := startBroker(t, "127.0.0.1:0")
-	defer srv.Close()
+	defer testsvc.CloseBroker(srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	data, digest := archive(64*mqttapi.MinChunkSize + 5)
@@ -239,7 +239,7 @@ func TestResumeAfterSenderCut(t *testing.T) {
 // drone had reported.
 func TestResumeAfterReceiverCut(t *testing.T) {
 	srv, addr := startBroker(t, "127.0.0.1:0")
-	defer srv.Close()
+	defer testsvc.CloseBroker(srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	data, digest := archive(48*mqttapi.MinChunkSize + 1)
@@ -319,10 +319,10 @@ func TestBrokerRestart(t *testing.T) {
 			if p.Reported >= 16 {
 				once.Do(func() {
 					go func() {
-						srv.Close()
+						testsvc.CloseBroker(srv)
 						time.Sleep(300 * time.Millisecond)
 						srv2, _ := startBroker(t, addr)
-						t.Cleanup(func() { srv2.Close() })
+						t.Cleanup(func() { testsvc.CloseBroker(srv2) })
 						close(restarted)
 					}()
 				})
@@ -351,7 +351,7 @@ func TestBrokerRestart(t *testing.T) {
 // it, reports, and the sender sends it again at once.
 func TestCorruptChunk(t *testing.T) {
 	srv, addr := startBroker(t, "127.0.0.1:0")
-	defer srv.Close()
+	defer testsvc.CloseBroker(srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	data, digest := archive(16 * mqttapi.MinChunkSize)
@@ -399,7 +399,7 @@ func TestCorruptChunk(t *testing.T) {
 // the signed digest are all dropped and the transfer fails cleanly.
 func TestWholeDigestMismatch(t *testing.T) {
 	srv, addr := startBroker(t, "127.0.0.1:0")
-	defer srv.Close()
+	defer testsvc.CloseBroker(srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	data, digest := archive(4 * mqttapi.MinChunkSize)
@@ -425,7 +425,7 @@ func TestWholeDigestMismatch(t *testing.T) {
 // before a crash are found again, a chunk altered on disk is dropped.
 func TestResumeFromSpoolAfterCrash(t *testing.T) {
 	srv, addr := startBroker(t, "127.0.0.1:0")
-	defer srv.Close()
+	defer testsvc.CloseBroker(srv)
 	data, digest := archive(8 * mqttapi.MinChunkSize)
 	a := mqttapi.Archive{Digest: digest, Size: int64(len(data))}
 	dir := t.TempDir()
@@ -459,7 +459,7 @@ func TestResumeFromSpoolAfterCrash(t *testing.T) {
 // 127.0.0.1 and reports the throughput.
 func BenchmarkTransfer(b *testing.B) {
 	srv, addr := startBroker(b, "127.0.0.1:0")
-	defer srv.Close()
+	defer testsvc.CloseBroker(srv)
 	data, digest := archive(8 << 20)
 	rc, sc := connect(b, addr), connect(b, addr)
 	defer rc.Close(0)

@@ -9,11 +9,13 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -89,11 +91,32 @@ func (b *Broker) URL() string { return "tcp://" + b.Addr() }
 
 // Close stops the broker, disconnecting every client. Retained messages are
 // lost.
+//
+// The close is bounded by closeWait: mochi v2.7.9's Server.Close can
+// deadlock when a client (re)connects while it closes (Clients.GetByListener
+// takes the clients' read lock twice while Clients.Delete waits for the
+// write lock). Past the bound Close returns ErrCloseStuck and the broker's
+// goroutines are left to end with the process.
 func (b *Broker) Close() error {
 	var err error
-	b.once.Do(func() { err = b.srv.Close() })
+	b.once.Do(func() {
+		done := make(chan error, 1)
+		go func() { done <- b.srv.Close() }()
+		select {
+		case err = <-done:
+		case <-time.After(closeWait):
+			err = ErrCloseStuck
+		}
+	})
 	return err
 }
+
+// closeWait bounds Close.
+const closeWait = 2 * time.Second
+
+// ErrCloseStuck is returned by Close when the broker did not stop within
+// its bound.
+var ErrCloseStuck = errors.New("broker: close did not finish in time (a client was connecting as it closed)")
 
 // Run starts a broker and serves until ctx ends. ready, when set, is called
 // with the broker once it listens.

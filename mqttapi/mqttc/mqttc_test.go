@@ -24,6 +24,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
 
+	"github.com/inflight-ota/inflight/internal/testsvc"
 	"github.com/inflight-ota/inflight/mqttapi"
 )
 
@@ -42,7 +43,7 @@ func startBroker(t *testing.T, tlsCfg *tls.Config) (*mochi.Server, string) {
 	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() { testsvc.CloseBroker(srv) })
 	return srv, l.Address()
 }
 
